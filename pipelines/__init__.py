@@ -1,0 +1,1 @@
+"""crmscore batch jobs and command-line interface."""

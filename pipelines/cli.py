@@ -1,0 +1,172 @@
+"""The ``crmscore`` command line: a thin Typer layer over library functions.
+
+Every command reads its workspace from ``--home`` / ``CRMSCORE_HOME``. Errors a
+user can fix print as one line and exit 1; ``--debug`` shows the traceback.
+Heavy libraries are imported inside the commands so ``crmscore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from pipelines.errors import CrmscoreError
+from pipelines.workspace import Workspace
+
+log = logging.getLogger("crmscore")
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="crmscore",
+    help="CRM prediction service: lead scoring, churn risk and next-best-product.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    """Options of the top-level callback, shared with the commands."""
+
+    debug: bool = False
+    home: Path | None = None
+
+
+state = _State()
+
+
+def workspace() -> Workspace:
+    return Workspace.from_env(state.home)
+
+
+def handle_errors(func: F) -> F:
+    """Turn an exception into one line on stderr and exit code 1 (unless --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if state.debug:
+                raise
+            if isinstance(exc, CrmscoreError):
+                err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            else:
+                err_console.print(
+                    f"[red]error:[/red] {exc.__class__.__name__}: {exc} "
+                    "(rerun with --debug for the traceback)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def configure_logging(debug: bool) -> None:
+    """Configure logging once, for the whole process, to stderr."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=debug, rich_tracebacks=debug)],
+        force=True,
+    )
+    # Third-party libraries are chatty at INFO; keep their warnings only.
+    for name in ("feast", "mlflow", "bentoml", "alembic", "urllib3", "numba", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"crmscore {package_version('crmscore')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            envvar="CRMSCORE_HOME",
+            help="Workspace directory (lake, features, Feast, scores). Default ./data.",
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Verbose logs and tracebacks.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
+    ] = False,
+) -> None:
+    state.debug = debug
+    state.home = home
+    configure_logging(debug)
+
+
+# --- data: generate, import, validate ---------------------------------------------
+
+
+@app.command()
+@handle_errors
+def generate(
+    customers: Annotated[int, typer.Option(min=10, help="Customers at the end of the history.")] = 20_000,
+    leads: Annotated[int | None, typer.Option(min=0, help="Leads (default: customers / 2).")] = None,
+    products: Annotated[int, typer.Option(min=5, help="Products in the catalogue.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Output lake (default: HOME/lake).")] = None,
+) -> None:
+    """Generate a synthetic CRM world with ground truth (under OUT/_truth)."""
+    from pipelines.synth import WorldConfig, generate_world
+
+    config = WorldConfig(
+        customers=customers,
+        leads=customers // 2 if leads is None else leads,
+        products=products,
+        seed=seed,
+    )
+    target = out or workspace().lake
+    summary = generate_world(config, target)
+    console.print(summary.render())
+
+
+@app.command()
+@handle_errors
+def validate(
+    lake: Annotated[Path | None, typer.Argument(help="Lake directory (default: HOME/lake).")] = None,
+) -> None:
+    """Check a lake against the data contract; exit 1 if any rule is broken."""
+    from pipelines.validate import render_problems, validate_lake
+
+    target = lake or workspace().lake
+    problems = validate_lake(target)
+    render_problems(console, target, problems)
+    if any(p.severity == "error" for p in problems):
+        raise typer.Exit(1)
+
+
+@app.command("import")
+@handle_errors
+def import_(
+    mapping: Annotated[Path, typer.Option(help="Mapping YAML (see examples/cdnow/mapping.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Output lake (default: HOME/lake).")] = None,
+) -> None:
+    """Map your own CSV/parquet files onto the contract, validate, and write the lake."""
+    from pipelines.importer import import_lake
+
+    summary = import_lake(mapping, out or workspace().lake)
+    console.print(summary.render())
