@@ -1,0 +1,124 @@
+"""The shared binary trainer end to end, into a temporary MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.errors import CrmscoreError
+from training.calibration import CHURN_BANDS
+from training.model import ModelSpec, load_model
+from training.registry import CHALLENGER, CHAMPION, list_versions, promote
+from training.trainer import CUTOFF, LABEL, BinaryTask, train_binary
+
+FEATURES = ["x1", "x2", "x3", "segment"]
+
+
+@pytest.fixture()
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db = tmp_path / "mlflow" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    return db.parent
+
+
+def make_frame(n: int = 2500, cutoffs: int = 5, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows = n * cutoffs
+    seg = rng.choice(["smb", "mid_market", "enterprise"], rows)
+    x1, x2, x3 = rng.normal(size=rows), rng.normal(size=rows), rng.normal(size=rows)
+    logit = -2.2 + 1.2 * x1 - 0.8 * np.maximum(x2, 0) + 0.6 * (seg == "smb") * x1 + 0.4 * (seg == "enterprise")
+    p = 1 / (1 + np.exp(-logit))
+    frame = pd.DataFrame({
+        "customer_id": [f"C{i % n}" for i in range(rows)],
+        CUTOFF: pd.to_datetime("2024-01-01", utc=True) + pd.to_timedelta(np.repeat(np.arange(cutoffs) * 91, n), "D"),
+        "x1": x1, "x2": x2, "x3": x3, "segment": seg,
+        LABEL: (rng.uniform(size=rows) < p).astype(int),
+    })
+    return frame, p
+
+
+def task(features: list[str] = FEATURES, **kw: int) -> BinaryTask:
+    spec = ModelSpec(task="churn", model_name="crm-churn", feature_service="churn_v1", entity_key="customer_id",
+                     features=features, categories={"segment": []} if "segment" in features else {},
+                     label_window_days=90, mode="subscription")
+    return BinaryTask(spec=spec, segment_column="segment", grading=CHURN_BANDS, baseline_name="x1 rule",
+                      positive_noun="churned customers", negative_noun="retained customers", **kw)
+
+
+def test_trains_logs_registers_and_promotes(mlflow_store: Path) -> None:
+    frame, p = make_frame()
+    result = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+
+    assert result.promoted and result.alias == CHAMPION and result.reason == "no champion yet"
+    overall = result.metrics["overall"]
+    assert overall["roc_auc"] > result.baseline["overall"]["roc_auc"]
+    assert overall["roc_auc"] == pytest.approx(result.oracle["overall"]["roc_auc"], abs=0.03)
+    assert set(result.metrics["by_segment"]) == {"smb", "mid_market", "enterprise"}
+    assert overall["rows"] == 2500  # the holdout is exactly the newest cutoff
+
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.tags["feature_service"] == "churn_v1"
+    assert len(run.data.tags["data_fingerprint"]) == 16 and run.data.tags["git_commit"]
+    assert run.data.metrics["roc_auc"] == pytest.approx(overall["roc_auc"])
+    assert "baseline.roc_auc" in run.data.metrics and "oracle.roc_auc" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
+        a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"model_card.md", "metrics.json", "plots/roc_pr.png", "plots/calibration.png", "plots/lift_gain.png",
+            "plots/feature_importance.png", "plots/shap_summary.png"} <= artifacts
+    card = mlflow.artifacts.load_text(f"runs:/{result.run_id}/model_card.md")
+    assert "baseline: x1 rule" in card and "oracle" in card
+
+    mv = client.get_model_version_by_alias("crm-churn", CHAMPION)
+    assert str(mv.version) == result.version == "1"
+    assert set(mv.aliases) == {CHAMPION, CHALLENGER}
+    assert mv.tags["gate_reason"] == "no champion yet"
+
+    model = load_model("crm-churn")
+    holdout = frame[frame[CUTOFF] == frame[CUTOFF].max()]
+    scored = model.score(holdout)
+    assert scored["probability"].between(0, 1).all() and scored["score"].between(1, 99).all()
+    assert set(scored["grade"]) == {"low", "medium", "high"}
+    reasons = model.reasons(holdout.head(3))
+    assert all(r.impact > 0 for r in reasons[0]["up"]) and all(r.impact < 0 for r in reasons[0]["down"])
+    # The booster is stored in LightGBM's native text format, not a pickle.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/crm-churn/{result.version}"))
+    assert (local / "model.lgb").read_text().startswith("tree")
+
+
+def test_gate_keeps_a_worse_challenger_and_promotes_a_better_one(mlflow_store: Path) -> None:
+    frame, p = make_frame()
+    first = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    assert first.promoted
+
+    # Without its strongest feature the challenger is worse on the same holdout.
+    worse = train_binary(task(features=["x2", "x3", "segment"]), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    assert not worse.promoted and worse.alias == CHALLENGER
+    assert worse.reason.startswith("does not beat the champion")
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("crm-churn", CHAMPION).version) == first.version
+    assert client.get_model_version("crm-churn", worse.version).tags["gate_decision"] == "kept"
+
+    # Make the weak model champion by hand; the full model then beats it.
+    promote(client, "crm-churn", worse.version, "test: demote to compare")
+    better = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    assert better.promoted and better.reason.startswith("beats the champion")
+    rows = list_versions(client, ("crm-churn",))
+    assert [r.version for r in rows] == ["3", "2", "1"]
+    assert CHAMPION in rows[0].aliases
+
+
+def test_minimum_data_errors_say_what_is_missing(mlflow_store: Path) -> None:
+    frame, p = make_frame(n=400)
+    with pytest.raises(CrmscoreError, match=r"need ≥ 200 churned customers in the training cutoffs, found \d+"):
+        train_binary(task(min_positives=200), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    few_cutoffs = frame[frame[CUTOFF] < frame[CUTOFF].unique()[2]]
+    with pytest.raises(CrmscoreError, match="need ≥ 4 cutoffs with labels .*found 2"):
+        train_binary(task(), few_cutoffs, baseline=few_cutoffs["x1"].to_numpy(), oracle=None)
+    with pytest.raises(CrmscoreError, match=r"need ≥ 5000 retained customers in the training cutoffs, found \d+"):
+        train_binary(task(min_positives=1, min_negatives=5000), frame, baseline=frame["x1"].to_numpy(), oracle=p)

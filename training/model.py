@@ -1,0 +1,184 @@
+"""A scoring model as serving and batch jobs use it: booster + calibrator + grading + spec.
+
+``load_model`` is the one call that loads a registered version (by alias or
+number). Everything comes from the registry's own artifacts: the booster in
+LightGBM's native text format and the rest as plain JSON — nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel
+
+from pipelines.errors import CrmscoreError
+from training.calibration import Calibrator, Grading, score_1_99
+from training.registry import CHAMPION
+
+log = logging.getLogger(__name__)
+
+#: Where the JSON companions of the booster live inside the logged model directory.
+SPEC_FILE, CALIBRATOR_FILE, GRADING_FILE = "spec.json", "calibrator.json", "grading.json"
+BOOSTER_FILE = "model.lgb"
+
+
+class ModelSpec(BaseModel):
+    """What a booster needs from the outside world to score a row."""
+
+    task: Literal["churn", "lead"]
+    model_name: str
+    feature_service: str
+    entity_key: str
+    features: list[str]
+    #: categorical feature -> its categories in code order (from the training rows)
+    categories: dict[str, list[str]] = {}
+    label_window_days: int
+    mode: str | None = None
+
+
+def prepare_features(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """The booster's input: the spec's features in order, all numeric.
+
+    Categoricals are encoded with the category list stored in the spec (fitted on
+    the training rows), so serving and batch scoring map a value to the same code
+    the trees split on; a value never seen in training becomes missing (NaN).
+    """
+    missing = [f for f in spec.features if f not in frame.columns]
+    if missing:
+        raise CrmscoreError(
+            f"{spec.model_name}: input lacks {len(missing)} features of {spec.feature_service}: "
+            + ", ".join(missing[:10])
+        )
+    x = pd.DataFrame(index=frame.index)
+    for col in spec.features:
+        if col in spec.categories:
+            codes = pd.Categorical(frame[col].astype("string"), categories=spec.categories[col]).codes
+            x[col] = np.where(codes < 0, np.nan, codes).astype("float64")
+        else:
+            x[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    return x
+
+
+def fit_categories(frame: pd.DataFrame, columns: list[str]) -> dict[str, list[str]]:
+    """The sorted distinct values of each categorical column (nulls excluded)."""
+    return {c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in columns}
+
+
+@dataclass
+class Reason:
+    feature: str
+    value: object
+    impact: float
+
+
+@dataclass
+class ScoringModel:
+    """A registered version, ready to score."""
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+    booster: lgb.Booster
+    calibrator: Calibrator
+    grading: Grading
+    spec: ModelSpec
+
+    def raw_scores(self, x: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.booster.predict(x, num_threads=1), dtype=float)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Calibrated probabilities for rows of a feature frame."""
+        return self.calibrator.apply(self.raw_scores(prepare_features(frame, self.spec)))
+
+    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """probability, score 1–99 and grade/band for each row."""
+        p = self.predict_proba(frame)
+        return pd.DataFrame(
+            {"probability": p, "score": score_1_99(p), "grade": self.grading.assign(p)}, index=frame.index
+        )
+
+    def reasons(self, frame: pd.DataFrame, top: int = 3) -> list[dict[str, list[Reason]]]:
+        """The top features pushing each score up and down (exact TreeSHAP, in log-odds).
+
+        LightGBM's ``pred_contrib`` gives per-feature contributions that sum, with
+        the bias term, to the raw margin; it is exact for trees, so no sampling.
+        """
+        x = prepare_features(frame, self.spec)
+        contrib = np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=1))[:, :-1]
+        out = []
+        values = frame[self.spec.features].to_numpy(dtype=object)
+        for i in range(len(x)):
+            order = np.argsort(contrib[i])
+            up = [j for j in order[::-1][:top] if contrib[i, j] > 0]
+            down = [j for j in order[:top] if contrib[i, j] < 0]
+            out.append({
+                "up": [Reason(self.spec.features[j], _plain(values[i, j]), float(contrib[i, j])) for j in up],
+                "down": [Reason(self.spec.features[j], _plain(values[i, j]), float(contrib[i, j])) for j in down],
+            })
+        return out
+
+
+def _plain(value: object) -> object:
+    """A JSON-friendly feature value (NaN → None, numpy scalars → Python)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def save_model_files(directory: Path, booster: lgb.Booster, calibrator: Calibrator, grading: Grading,
+                     spec: ModelSpec) -> list[Path]:
+    """Write the JSON companions (the booster itself is logged by mlflow.lightgbm)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {SPEC_FILE: spec, CALIBRATOR_FILE: calibrator, GRADING_FILE: grading}
+    paths = []
+    for name, obj in files.items():
+        path = directory / name
+        path.write_text(obj.model_dump_json(indent=2))
+        paths.append(path)
+    return paths
+
+
+def load_model(name: str, alias: str | None = CHAMPION, version: str | None = None,
+               client: MlflowClient | None = None) -> ScoringModel:
+    """Load a registered version by alias (default champion) or by number."""
+    from training.registry import configure_mlflow
+
+    client = client or configure_mlflow()
+    try:
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        wanted = f"version {version}" if version else f"alias @{alias}"
+        raise CrmscoreError(f"{name} has no {wanted}; train one with `crmscore train`") from None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}"))
+    booster_path = next(local.rglob(BOOSTER_FILE), None)
+    if booster_path is None:
+        raise CrmscoreError(f"{name} version {mv.version}: no {BOOSTER_FILE} in its artifacts")
+
+    def companion(file: str) -> str:
+        found = next(local.rglob(file), None)
+        if found is None:
+            raise CrmscoreError(f"{name} version {mv.version}: no {file} in its artifacts")
+        return found.read_text()
+
+    model = ScoringModel(
+        name=name,
+        version=str(mv.version),
+        alias=alias if not version else None,
+        run_id=mv.run_id,
+        booster=lgb.Booster(model_file=str(booster_path)),
+        calibrator=Calibrator.model_validate_json(companion(CALIBRATOR_FILE)),
+        grading=Grading.model_validate_json(companion(GRADING_FILE)),
+        spec=ModelSpec.model_validate_json(companion(SPEC_FILE)),
+    )
+    log.info("loaded %s version %s (%s)", name, model.version, alias or "by number")
+    return model

@@ -1,0 +1,140 @@
+"""The MLflow registry: where models are found, registered, promoted and loaded.
+
+Conventions shared by every model:
+- one experiment per model, named like the registered model (``crm-churn``);
+- each training run registers a version and gives it the alias ``challenger``;
+- ``champion`` moves only through ``promote`` (the gate or a person), and the
+  decision and its reason are recorded as version tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel
+
+from pipelines.errors import CrmscoreError
+from pipelines.workspace import mlflow_tracking_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+#: The registered models this project trains.
+MODEL_NAMES: tuple[str, ...] = ("crm-churn", "crm-lead-scoring", "crm-next-best-product")
+
+
+def configure_mlflow() -> MlflowClient:
+    """Point MLflow at the workspace's tracking store (creating the local folder if needed)."""
+    uri = mlflow_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Use (creating if needed) the experiment ``name``; returns its id.
+
+    With a local SQLite store the artifacts go beside the database (``mlflow/artifacts``)
+    rather than into ``./mlruns`` of whatever directory the command ran in.
+    """
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        experiment_id = existing.experiment_id
+    else:
+        uri = mlflow_tracking_uri()
+        location = None
+        if uri.startswith("sqlite:///"):
+            root = Path(uri.removeprefix("sqlite:///")).absolute().parent / "artifacts" / name
+            location = root.as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_commit() -> str:
+    """The commit the code was trained from (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None  # no such model or no such alias: both mean "none yet"
+
+
+def promote(client: MlflowClient, name: str, version: str, reason: str, by: str = "person") -> None:
+    """Make ``version`` the champion, recording who decided and why."""
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise CrmscoreError(f"{name} has no version {version} (see `crmscore models list`)") from None
+    client.set_registered_model_alias(name, CHAMPION, version)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    for key, value in {"promoted": "true", "promotion_reason": reason, "promoted_by": by,
+                       "promoted_at": now}.items():
+        client.set_model_version_tag(name, version, key, value)
+    log.info("%s version %s is now %s: %s", name, version, CHAMPION, reason)
+
+
+def record_decision(client: MlflowClient, name: str, version: str, promoted: bool, reason: str) -> None:
+    """Tag a version with the gate's decision (promoted or kept as challenger)."""
+    client.set_model_version_tag(name, version, "gate_decision", "promoted" if promoted else "kept")
+    client.set_model_version_tag(name, version, "gate_reason", reason)
+
+
+class VersionRow(BaseModel):
+    model: str
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    created_at: datetime
+    metric: str | None = None
+    value: float | None = None
+    decision: str | None = None
+
+
+def list_versions(client: MlflowClient, names: tuple[str, ...] = MODEL_NAMES) -> list[VersionRow]:
+    """Every registered version of our models, newest first, with its aliases and headline metric."""
+    rows: list[VersionRow] = []
+    for name in names:
+        try:
+            versions = client.search_model_versions(f"name = '{name}'")
+        except MlflowException:
+            continue
+        # search results carry no aliases in every store; the registered model does.
+        aliases: dict[str, list[str]] = {}
+        for alias, number in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(number), []).append(alias)
+        for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            tags = mv.tags or {}
+            rows.append(
+                VersionRow(
+                    model=name,
+                    version=str(mv.version),
+                    aliases=sorted(aliases.get(str(mv.version), [])),
+                    run_id=mv.run_id,
+                    created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC),
+                    metric=tags.get("headline_metric"),
+                    value=float(tags["headline_value"]) if "headline_value" in tags else None,
+                    decision=tags.get("gate_reason"),
+                )
+            )
+    return rows
