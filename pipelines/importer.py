@@ -2,10 +2,11 @@
 
 A mapping YAML says, per contract table, where the file is and how its columns
 become contract columns (renames, timestamp formats, constant fills, generated
-ids, derived tables, custom attributes); see ``examples/cdnow/mapping.yaml`` and
-``MAPPING_SPEC`` below. The import reads and converts every table first, then
-writes the lake into a temporary directory, validates it there and only then
-swaps it into place, so bad input never leaves a lake behind.
+ids, derived tables, custom attributes). The format is the pydantic models below;
+``examples/cdnow/README.md`` documents it next to a worked example. The import
+reads and converts every table first, then writes the lake into a temporary
+directory, validates it there and only then swaps it into place, so bad input
+never leaves a lake behind.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def import_lake(mapping_path: Path, out: Path) -> ImportSummary:
             tables[name] = _map_table(TABLES[name], spec, source)
             if spec.attributes:
                 attributes[name] = dict(spec.attributes)
-        log.info("%s: %d rows", name, tables[name].height)
+        log.debug("%s: %d rows", name, tables[name].height)
 
     # validate.py is imported here, not at the top, so reading a mapping never needs it.
     from pipelines.validate import validate_lake
@@ -196,9 +197,8 @@ def import_lake(mapping_path: Path, out: Path) -> ImportSummary:
                 f"imported data breaks the contract ({len(errors)} problem(s), nothing written): "
                 + "; ".join(errors)
             )
+    # Warnings are shown by ImportSummary.render, not logged too, so the CLI prints them once.
     warnings = [str(p) for p in problems if p.severity != "error"]
-    for warning in warnings:
-        log.warning("%s", warning)
     return ImportSummary(
         out=out.absolute(),
         rows={name: frame.height for name, frame in ordered.items()},
@@ -305,7 +305,7 @@ def _check_table(table: Table, spec: TableMapping, mapping: Mapping) -> None:
     if unfilled:
         raise CrmscoreError(
             f"{where}: no value for required column(s) {', '.join(unfilled)} "
-            "(map them under `columns`, or use `constants`, e.g. a nullable column: null)"
+            "(map them under `columns`, or fill them under `constants`; null for a nullable column)"
         )
 
     if spec.attributes and table.name not in TABLES_WITH_CUSTOM_ATTRIBUTES:
@@ -374,7 +374,7 @@ def _read_source(name: str, spec: TableMapping, base: Path) -> pl.DataFrame:
     if not path.is_file():
         raise CrmscoreError(f"{name}: file not found: {path}")
     fmt = spec.format or ("parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv")
-    log.info("%s: reading %s (%s)", name, path, fmt)
+    log.debug("%s: reading %s (%s)", name, path, fmt)
     try:
         if fmt == "parquet":
             frame = pl.read_parquet(path)
@@ -393,7 +393,7 @@ def _read_source(name: str, spec: TableMapping, base: Path) -> pl.DataFrame:
         raise
     except Exception as exc:  # polars raises many types for a damaged or foreign file
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise CrmscoreError(f"{name}: cannot read {path} as {fmt}: {detail}") from None
+        raise CrmscoreError(f"{name}: cannot read {path} as {fmt}: {detail}") from exc
     names = spec.csv.column_names
     if fmt == "csv" and names is not None and spec.csv.separator != WHITESPACE:
         if len(names) != frame.width:

@@ -99,7 +99,7 @@ def validate_lake(lake: Path, now: datetime | None = None) -> list[Problem]:
 
     problems += _check_foreign_keys(frames)
     problems += _check_row_rules(frames)
-    log.info("validated %s: %d tables, %d problems", lake, len(frames), len(problems))
+    log.debug("validated %s: %d tables, %d problems", lake, len(frames), len(problems))
     return problems
 
 
