@@ -170,3 +170,50 @@ def import_(
 
     summary = import_lake(mapping, out or workspace().lake)
     console.print(summary.render())
+
+
+# --- models: list and promote -------------------------------------------------------
+
+models_app = typer.Typer(help="Registered models and their aliases.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@handle_errors
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every registered version of the crmscore models, with aliases and the gate's reason."""
+    import json
+
+    from rich.table import Table
+
+    from training.registry import configure_mlflow, list_versions
+
+    rows = list_versions(configure_mlflow())
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+        return
+    table = Table(title="registered models")
+    for header in ("model", "version", "aliases", "metric", "created", "gate decision"):
+        table.add_column(header, overflow="fold")
+    for r in rows:
+        metric = f"{r.metric}={r.value:.4f}" if r.metric and r.value is not None else ""
+        table.add_row(r.model, r.version, ", ".join(r.aliases), metric,
+                      f"{r.created_at:%Y-%m-%d %H:%M}", r.decision or "")
+    console.print(table if rows else "no registered models yet: run `crmscore train`")
+
+
+@app.command()
+@handle_errors
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model, e.g. crm-churn.")],
+    version: Annotated[str, typer.Argument(help="Version number to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded as a tag).")] = "promoted by hand",
+) -> None:
+    """Make VERSION the champion of MODEL (serving picks it up on its next reload)."""
+    from training.registry import configure_mlflow
+    from training.registry import promote as promote_version
+
+    promote_version(configure_mlflow(), model, version, reason, by="person")
+    console.print(f"{model} version {version} is now @champion")

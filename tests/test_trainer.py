@@ -122,3 +122,23 @@ def test_minimum_data_errors_say_what_is_missing(mlflow_store: Path) -> None:
         train_binary(task(), few_cutoffs, baseline=few_cutoffs["x1"].to_numpy(), oracle=None)
     with pytest.raises(CrmscoreError, match=r"need ≥ 5000 retained customers in the training cutoffs, found \d+"):
         train_binary(task(min_positives=1, min_negatives=5000), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+
+
+def test_cli_models_list_and_promote(mlflow_store: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    frame, p = make_frame(n=1500)
+    first = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    second = train_binary(task(features=["x2", "x3", "segment"]), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert '"version": "2"' in listed.output and '"champion"' in listed.output
+    promoted = runner.invoke(app, ["promote", "crm-churn", second.version, "--reason", "test"])
+    assert promoted.exit_code == 0, promoted.output
+    assert str(MlflowClient().get_model_version_by_alias("crm-churn", CHAMPION).version) == second.version
+    missing = runner.invoke(app, ["promote", "crm-churn", "99"])
+    assert missing.exit_code == 1 and "crm-churn has no version 99" in missing.output
+    assert first.version == "1"

@@ -116,12 +116,13 @@ def list_versions(client: MlflowClient, names: tuple[str, ...] = MODEL_NAMES) ->
     rows: list[VersionRow] = []
     for name in names:
         try:
+            registered = client.get_registered_model(name)
             versions = client.search_model_versions(f"name = '{name}'")
         except MlflowException:
-            continue
+            continue  # not trained yet
         # search results carry no aliases in every store; the registered model does.
         aliases: dict[str, list[str]] = {}
-        for alias, number in client.get_registered_model(name).aliases.items():
+        for alias, number in registered.aliases.items():
             aliases.setdefault(str(number), []).append(alias)
         for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
             tags = mv.tags or {}
