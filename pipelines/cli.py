@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from enum import StrEnum
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -86,6 +87,13 @@ def configure_logging(debug: bool) -> None:
         handlers=[RichHandler(console=err_console, show_path=debug, rich_tracebacks=debug)],
         force=True,
     )
+    if not debug:
+        import warnings
+
+        # Deprecation notices from inside dependencies (SQLAlchemy under MLflow, Feast) are
+        # for their maintainers, not for someone running a command.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
     # Third-party libraries are chatty at INFO; keep their warnings only.
     for name in ("feast", "mlflow", "bentoml", "alembic", "urllib3", "numba", "matplotlib"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -172,6 +180,58 @@ def import_(
     console.print(summary.render())
 
 
+# --- train ---------------------------------------------------------------------------
+
+
+class TrainTarget(StrEnum):
+    churn = "churn"
+    lead = "lead"
+    nbp = "nbp"
+
+
+@app.command()
+@handle_errors
+def train(
+    target: Annotated[TrainTarget, typer.Argument(help="churn, lead or nbp (next-best-product).")],
+    mode: Annotated[
+        str, typer.Option(help="Churn only: subscription, transactional or auto (by the lake's tables).")
+    ] = "auto",
+    window: Annotated[int | None, typer.Option(min=1, help="Label window in days (default 90 / 60 / 30).")] = None,
+    tune: Annotated[int, typer.Option(min=0, help="Optuna trials before the final fit (0: none).")] = 0,
+    profile: Annotated[str, typer.Option(help="Feature store profile: local or redis.")] = "local",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Train a model, log it to MLflow, register it and promote it if it beats the champion."""
+    ws = workspace()
+    if target == TrainTarget.churn:
+        from training.churn import train_churn
+
+        if mode not in ("auto", "subscription", "transactional"):
+            raise CrmscoreError(f"--mode {mode!r}: expected subscription, transactional or auto")
+        kwargs = {"window_days": window} if window else {}
+        result = train_churn(ws, mode=mode, tune=tune, profile=profile, **kwargs)  # type: ignore[arg-type]
+    elif target == TrainTarget.lead:
+        from training.lead import train_lead
+
+        kwargs = {"window_days": window} if window else {}
+        result = train_lead(ws, tune=tune, profile=profile, **kwargs)
+    else:
+        from training.nbp import train_nbp
+
+        kwargs = {"window_days": window} if window else {}
+        result = train_nbp(ws.lake, **kwargs)
+    if as_json:
+        from training.trainer import result_json
+
+        typer.echo(result_json(result))
+        return
+    overall = result.metrics.get("overall", result.metrics)
+    headline = ", ".join(f"{k}={v:.4f}" for k, v in overall.items() if k in ("roc_auc", "ece", "ndcg@10"))
+    console.print(
+        f"{result.model} version {result.version} ({result.alias}): {headline}\n"
+        f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}"
+    )
+
 # --- models: list and promote -------------------------------------------------------
 
 models_app = typer.Typer(help="Registered models and their aliases.", no_args_is_help=True)
@@ -217,3 +277,14 @@ def promote(
 
     promote_version(configure_mlflow(), model, version, reason, by="person")
     console.print(f"{model} version {version} is now @champion")
+
+
+# --- features: build, apply, materialize (pipelines/cli_features.py) --------------
+
+from pipelines.cli_features import features_app  # noqa: E402  (uses the helpers above)
+
+app.add_typer(
+    features_app,
+    name="features",
+    help="Build point-in-time feature tables, register them with Feast, materialize.",
+)

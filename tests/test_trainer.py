@@ -26,6 +26,10 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return db.parent
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
 def make_frame(n: int = 2500, cutoffs: int = 5, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(seed)
     rows = n * cutoffs
@@ -52,7 +56,7 @@ def task(features: list[str] = FEATURES, **kw: int) -> BinaryTask:
 
 def test_trains_logs_registers_and_promotes(mlflow_store: Path) -> None:
     frame, p = make_frame()
-    result = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    result = train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
 
     assert result.promoted and result.alias == CHAMPION and result.reason == "no champion yet"
     overall = result.metrics["overall"]
@@ -93,11 +97,11 @@ def test_trains_logs_registers_and_promotes(mlflow_store: Path) -> None:
 
 def test_gate_keeps_a_worse_challenger_and_promotes_a_better_one(mlflow_store: Path) -> None:
     frame, p = make_frame()
-    first = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    first = train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
     assert first.promoted
 
     # Without its strongest feature the challenger is worse on the same holdout.
-    worse = train_binary(task(features=["x2", "x3", "segment"]), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    worse = train_binary(task(features=["x2", "x3", "segment"]), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
     assert not worse.promoted and worse.alias == CHALLENGER
     assert worse.reason.startswith("does not beat the champion")
     client = MlflowClient()
@@ -106,7 +110,7 @@ def test_gate_keeps_a_worse_challenger_and_promotes_a_better_one(mlflow_store: P
 
     # Make the weak model champion by hand; the full model then beats it.
     promote(client, "crm-churn", worse.version, "test: demote to compare")
-    better = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    better = train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
     assert better.promoted and better.reason.startswith("beats the champion")
     rows = list_versions(client, ("crm-churn",))
     assert [r.version for r in rows] == ["3", "2", "1"]
@@ -116,12 +120,12 @@ def test_gate_keeps_a_worse_challenger_and_promotes_a_better_one(mlflow_store: P
 def test_minimum_data_errors_say_what_is_missing(mlflow_store: Path) -> None:
     frame, p = make_frame(n=400)
     with pytest.raises(CrmscoreError, match=r"need ≥ 200 churned customers in the training cutoffs, found \d+"):
-        train_binary(task(min_positives=200), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+        train_binary(task(min_positives=200), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
     few_cutoffs = frame[frame[CUTOFF] < frame[CUTOFF].unique()[2]]
     with pytest.raises(CrmscoreError, match="need ≥ 4 cutoffs with labels .*found 2"):
-        train_binary(task(), few_cutoffs, baseline=few_cutoffs["x1"].to_numpy(), oracle=None)
+        train_binary(task(), few_cutoffs, baseline=sigmoid(few_cutoffs["x1"].to_numpy()), oracle=None)
     with pytest.raises(CrmscoreError, match=r"need ≥ 5000 retained customers in the training cutoffs, found \d+"):
-        train_binary(task(min_positives=1, min_negatives=5000), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+        train_binary(task(min_positives=1, min_negatives=5000), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
 
 
 def test_cli_models_list_and_promote(mlflow_store: Path) -> None:
@@ -130,8 +134,8 @@ def test_cli_models_list_and_promote(mlflow_store: Path) -> None:
     from pipelines.cli import app
 
     frame, p = make_frame(n=1500)
-    first = train_binary(task(), frame, baseline=frame["x1"].to_numpy(), oracle=p)
-    second = train_binary(task(features=["x2", "x3", "segment"]), frame, baseline=frame["x1"].to_numpy(), oracle=p)
+    first = train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
+    second = train_binary(task(features=["x2", "x3", "segment"]), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
     runner = CliRunner()
     listed = runner.invoke(app, ["models", "list", "--json"])
     assert listed.exit_code == 0, listed.output

@@ -218,7 +218,11 @@ def gate(client: MlflowClient, name: str, holdout: pd.DataFrame, y: np.ndarray,
 def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, oracle: np.ndarray | None,
                  params: dict[str, Any] | None = None, tune_trials: int = 0,
                  extra_tags: dict[str, str] | None = None) -> TrainResult:
-    """Fit, calibrate, evaluate, log, register and (maybe) promote one model."""
+    """Fit, calibrate, evaluate, log, register and (maybe) promote one model.
+
+    ``baseline`` is the non-ML rule's score in (0, 1) for every row of ``frame``;
+    ``oracle`` the true probability (synthetic worlds) or None.
+    """
     from training.model import load_model
 
     timings: dict[str, float] = {}
@@ -250,7 +254,11 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
         p_hold = calibrator.apply(booster.predict(x_hold))
         segments = holdout[task.segment_column].astype(str).to_numpy()
         metrics = evaluate(y_hold, p_hold, segments)
-        base_metrics = evaluate(y_hold, baseline[holdout.index], segments)
+        # A rule gives points, not probabilities: map them to the validation fold's observed
+        # rates with a (strictly monotone) Platt fit, which keeps the rule's ranking and AUC.
+        base_cal = Calibrator.fit(baseline[valid.index], y_valid, method="platt")
+        base_hold = base_cal.apply(baseline[holdout.index])
+        base_metrics = evaluate(y_hold, base_hold, segments)
         oracle_metrics = None if oracle is None else evaluate(y_hold, oracle[holdout.index], segments)
 
         log_started = time.perf_counter()
@@ -271,7 +279,7 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
             "baseline": task.baseline_name,
             **(extra_tags or {}),
         })
-        scores = {"model": p_hold, f"baseline ({task.baseline_name})": baseline[holdout.index]}
+        scores = {"model": p_hold, f"baseline ({task.baseline_name})": base_hold}
         if oracle is not None:
             scores["oracle"] = oracle[holdout.index]
         _log_artifacts(booster, x_hold, y_hold, scores, metrics, base_metrics, oracle_metrics, task, grading)

@@ -1,0 +1,73 @@
+"""The churn-risk job: who is likely to leave in the next W days, and why.
+
+Subscription mode (default when the lake has subscriptions): an active
+subscription at the cutoff ends within W days. Transactional mode: a customer
+who ordered in the look-back orders nothing within W days.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import JOIN_KEYS
+from features.labels import CHURN_WINDOW_DAYS, churn_labels
+from pipelines.lake import read_table
+from pipelines.workspace import Workspace
+from training.calibration import CHURN_BANDS
+from training.frames import attach_oracle, choose_cutoffs, column, ensure_snapshots, labelled_frame, logistic
+from training.model import ModelSpec
+from training.trainer import BinaryTask, TrainResult, train_binary
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "crm-churn"
+FEATURE_SERVICE = "churn_v1"
+TRUTH_FILE = "churn.parquet"  # only synthetic worlds have it; only subscription churn is simulated
+Mode = Literal["auto", "subscription", "transactional"]
+
+
+def recency_ticket_rule(frame: pd.DataFrame, mode: str) -> np.ndarray:
+    """The rule a CRM team would use without ML: inactivity plus support pain.
+
+    Points: 2 if no login for 30+ days (subscription mode), 1 per support ticket in
+    the last 30 days (up to 3), 2 for any complaint in 90 days, 2 for a last NPS of
+    6 or below (a detractor), and for order recency 1 point per 30 days since the
+    last order (up to 4; the main signal in transactional mode).
+    """
+    points = (
+        np.minimum(column(frame, "tickets_30d"), 3)
+        + 2 * (column(frame, "complaints_90d") > 0)
+        + 2 * (column(frame, "last_nps", default=np.nan) <= 6)
+        + np.minimum(column(frame, "days_since_last_order", default=365).fillna(365) / 30, 4)
+    )
+    if mode == "subscription":
+        points += 2 * (column(frame, "days_since_last_login", default=365).fillna(365) > 30)
+    return logistic(points, centre=4, scale=1.5)
+
+
+def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN_WINDOW_DAYS, tune: int = 0,
+                profile: str = "local", min_positives: int = 200) -> TrainResult:
+    """Train, evaluate, register and gate the churn model of a workspace."""
+    if mode == "auto":
+        mode = "subscription" if read_table(ws.lake, "subscriptions", ["customer_id"]) is not None else "transactional"
+    truth = TRUTH_FILE if mode == "subscription" and window_days == CHURN_WINDOW_DAYS else None
+    cutoffs = choose_cutoffs(ws.lake, window_days, truth)
+    ensure_snapshots(ws, cutoffs)
+    labels = churn_labels(ws.lake, cutoffs, window_days=window_days, mode=mode)
+    frame = labelled_frame(ws, FEATURE_SERVICE, labels, profile)
+    key = JOIN_KEYS["customer"]
+    features = [c for c in frame.columns if c not in (key, "event_timestamp", "label")]
+    categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
+    spec = ModelSpec(task="churn", model_name=MODEL_NAME, feature_service=FEATURE_SERVICE, entity_key=key,
+                     features=features, categories={c: [] for c in categorical},
+                     label_window_days=window_days, mode=mode)
+    task = BinaryTask(spec=spec, segment_column="segment", grading=CHURN_BANDS,
+                      baseline_name="recency/ticket rule", positive_noun="churned customers",
+                      negative_noun="retained customers", min_positives=min_positives)
+    oracle = attach_oracle(frame, ws.lake, truth, key, "p_churn") if truth else None
+    return train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
+                        extra_tags={"lake": str(ws.lake)})

@@ -1,0 +1,109 @@
+"""Data for the binary jobs: which cutoffs, features at those cutoffs, the labelled frame.
+
+Labels come from ``features.labels``; features come from the offline store
+through the model's feature service (``features.training.training_frame``).
+Feast joins each label row to the newest feature snapshot at or before its
+cutoff (within the view's TTL), so the jobs make sure a snapshot exists at every
+training cutoff before asking.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from features.build import as_utc, build_features, last_event, read_build_summary, snapshot_grid
+from features.catalog import EVENT_TIMESTAMP
+from pipelines.errors import CrmscoreError
+from pipelines.lake import TRUTH_DIR
+from pipelines.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: Spacing and number of training cutoffs on lakes without a truth grid.
+CUTOFF_SPACING = timedelta(days=28)
+MAX_CUTOFFS = 12
+
+
+def choose_cutoffs(lake: Path, window_days: int, truth_file: str | None) -> list[datetime]:
+    """Training cutoffs whose whole label window is observed.
+
+    A synthetic world has a truth grid (its decision epochs), so the jobs train and
+    evaluate exactly there and the oracle can be compared row by row. Other lakes
+    get up to MAX_CUTOFFS cutoffs every 28 days, on the feature grid's weekday,
+    going back from the newest cutoff whose window fits.
+    """
+    end = last_event(lake)
+    truth_path = lake / TRUTH_DIR / truth_file if truth_file else None
+    if truth_path is not None and truth_path.exists():
+        grid = pl.read_parquet(truth_path, columns=["cutoff"])["cutoff"].unique().sort().to_list()
+        cutoffs = [as_utc(c) for c in grid if as_utc(c) + timedelta(days=window_days) <= end]
+        log.info("training on the %d truth cutoffs of the synthetic world", len(cutoffs))
+        return cutoffs
+    anchor = snapshot_grid(lake, periods=1, include_truth=False)[0]
+    newest = anchor - timedelta(weeks=int(np.ceil((window_days + 1) / 7)))
+    cutoffs = [newest - i * CUTOFF_SPACING for i in range(MAX_CUTOFFS)]
+    return sorted(c for c in cutoffs if c + timedelta(days=window_days) <= end)
+
+
+def ensure_snapshots(ws: Workspace, cutoffs: list[datetime]) -> None:
+    """Rebuild the feature tables with the cutoffs added, if any is missing.
+
+    The rebuild keeps every existing snapshot (so the online store's newest
+    snapshot is unchanged) and adds the missing ones.
+    """
+    try:
+        existing = set(read_build_summary(ws.feature_tables).as_of)
+    except CrmscoreError:
+        existing = set(snapshot_grid(ws.lake))
+    missing = sorted(set(cutoffs) - existing)
+    if missing:
+        log.info("building feature snapshots at %d training cutoffs", len(missing))
+        build_features(ws.lake, ws.feature_tables, sorted(existing | set(missing)))
+
+
+def labelled_frame(ws: Workspace, service: str, labels: pl.DataFrame, profile: str = "local") -> pd.DataFrame:
+    """The point-in-time training frame of ``labels`` through ``service``."""
+    from features.store import apply_repository, feature_store
+    from features.training import training_frame
+
+    store = feature_store(ws, profile)
+    try:
+        store.get_feature_service(service)
+    except Exception:  # not applied yet in this workspace: register it now
+        apply_repository(store, ws.feature_tables, profile)
+    return training_frame(store, service, labels)
+
+
+def attach_oracle(frame: pd.DataFrame, lake: Path, truth_file: str, key: str, column: str) -> np.ndarray | None:
+    """The true probability of each row, or None when the lake has no truth for every row."""
+    path = lake / TRUTH_DIR / truth_file
+    if not path.exists():
+        return None
+    truth = pl.read_parquet(path, columns=["cutoff", key, column]).to_pandas()
+    truth["cutoff"] = pd.to_datetime(truth["cutoff"], utc=True)
+    joined = frame[[key, EVENT_TIMESTAMP]].merge(
+        truth.rename(columns={"cutoff": EVENT_TIMESTAMP}), on=[key, EVENT_TIMESTAMP], how="left"
+    )
+    missing = int(joined[column].isna().sum())
+    if missing:
+        log.warning("no oracle: %d of %d rows have no ground truth", missing, len(joined))
+        return None
+    return joined[column].to_numpy(dtype=float)
+
+
+def logistic(points: pd.Series | np.ndarray, centre: float, scale: float) -> np.ndarray:
+    """Squash rule points into (0, 1) so the trainer can Platt-calibrate them on validation."""
+    return 1.0 / (1.0 + np.exp(-(np.asarray(points, dtype=float) - centre) / scale))
+
+
+def column(frame: pd.DataFrame, name: str, default: float = 0.0) -> pd.Series:
+    """A numeric feature column, or ``default`` when the lake could not compute it."""
+    if name not in frame.columns:
+        return pd.Series(default, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[name], errors="coerce").astype(float)

@@ -1,0 +1,72 @@
+"""The lead-scoring job: which open leads convert in the next W days.
+
+Reps work leads by grade (A–D); the baseline is the classic points-based lead
+score of marketing-automation tools.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import JOIN_KEYS
+from features.labels import LEAD_WINDOW_DAYS, lead_conversion_labels
+from pipelines.errors import CrmscoreError
+from pipelines.lake import read_table
+from pipelines.workspace import Workspace
+from training.calibration import LEAD_GRADES
+from training.frames import attach_oracle, choose_cutoffs, column, ensure_snapshots, labelled_frame, logistic
+from training.model import ModelSpec
+from training.trainer import BinaryTask, TrainResult, train_binary
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "crm-lead-scoring"
+FEATURE_SERVICE = "lead_scoring_v1"
+TRUTH_FILE = "lead_conversion.parquet"
+
+#: Points per engagement in the last 30 days (capped), as a marketing team would set them.
+ENGAGEMENT_POINTS: dict[str, tuple[float, float]] = {
+    # feature: (points each, cap)
+    "demo_request_30d": (30, 30),
+    "meeting_30d": (20, 40),
+    "pricing_page_visit_30d": (10, 30),
+    "content_download_30d": (5, 15),
+    "webinar_30d": (5, 10),
+    "email_click_30d": (3, 15),
+    "web_visit_30d": (2, 20),
+}
+
+
+def points_rule(frame: pd.DataFrame) -> np.ndarray:
+    """Classic lead score: engagement points (capped per type), fit points for seniority
+    and company size, minus 10 if the lead went quiet for two weeks."""
+    points = pd.Series(0.0, index=frame.index)
+    for feature, (each, cap) in ENGAGEMENT_POINTS.items():
+        points += np.minimum(column(frame, feature) * each, cap)
+    points += 5 * column(frame, "job_seniority_rank") + 3 * column(frame, "company_size_rank")
+    points -= 10 * (column(frame, "days_since_last_activity", default=999).fillna(999) > 14)
+    return logistic(points, centre=40, scale=15)
+
+
+def train_lead(ws: Workspace, window_days: int = LEAD_WINDOW_DAYS, tune: int = 0, profile: str = "local",
+               min_positives: int = 200) -> TrainResult:
+    """Train, evaluate, register and gate the lead-scoring model of a workspace."""
+    if read_table(ws.lake, "leads", ["lead_id"]) is None:
+        raise CrmscoreError(f"{ws.lake}: lead scoring needs the leads table, which this lake does not have")
+    truth = TRUTH_FILE if window_days == LEAD_WINDOW_DAYS else None
+    cutoffs = choose_cutoffs(ws.lake, window_days, truth)
+    ensure_snapshots(ws, cutoffs)
+    labels = lead_conversion_labels(ws.lake, cutoffs, window_days=window_days)
+    frame = labelled_frame(ws, FEATURE_SERVICE, labels, profile)
+    key = JOIN_KEYS["lead"]
+    features = [c for c in frame.columns if c not in (key, "event_timestamp", "label")]
+    categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
+    spec = ModelSpec(task="lead", model_name=MODEL_NAME, feature_service=FEATURE_SERVICE, entity_key=key,
+                     features=features, categories={c: [] for c in categorical}, label_window_days=window_days)
+    task = BinaryTask(spec=spec, segment_column="source", grading=LEAD_GRADES, baseline_name="points-based lead score",
+                      positive_noun="converted leads", negative_noun="unconverted leads", min_positives=min_positives)
+    oracle = attach_oracle(frame, ws.lake, truth, key, "p_convert") if truth else None
+    return train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune, extra_tags={"lake": str(ws.lake)})

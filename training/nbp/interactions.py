@@ -1,0 +1,247 @@
+"""From orders to the customer × product confidence matrix, and the time split.
+
+Confidence (documented in docs/next-best-product.md). For customer u, product j,
+the orders o of u for j placed before the reference time T (the cutoff):
+
+    strength_o = log2(1 + amount_o / typical_amount_j)        (1 for a typical order)
+    decay_o    = 2 ** (-(T - t_o) / half_life_days)            (1 today, ½ after a half-life)
+    r_uj       = Σ_o strength_o · decay_o
+    c_uj       = 1 + alpha · r_uj                              (Hu, Koren & Volinsky 2008)
+
+``typical_amount_j`` is the median amount of j's orders in the training data, so a
+large order of a cheap product weighs like a large order of an expensive one (the
+amount says "how much of it", not "how expensive"). Where a product's median
+amount is 0 (free items), quantity relative to its median quantity is used
+instead. The log keeps a 10-unit order from outweighing ten separate purchases.
+
+implicit's ALS reads a stored value as the confidence c_uj with preference 1,
+and an absent entry as confidence 1 with preference 0, which is exactly the
+formulation above; the model itself is fitted with implicit's ``alpha = 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import BaseModel, Field
+
+from pipelines.contract import CUSTOMERS, ORDERS, PRODUCTS
+from pipelines.errors import CrmscoreError
+from pipelines.lake import read_table
+
+log = logging.getLogger(__name__)
+
+# Column names, once, from the contract.
+CUSTOMER_ID = CUSTOMERS.key[0]
+PRODUCT_ID = PRODUCTS.key[0]
+SEGMENT = CUSTOMERS.column("segment").name
+CATEGORY = PRODUCTS.column("category").name
+IS_REPEATABLE = PRODUCTS.column("is_repeatable").name
+PRODUCT_NAME = PRODUCTS.column("name").name
+ORDERED_AT = ORDERS.column("ordered_at").name
+QUANTITY = ORDERS.column("quantity").name
+AMOUNT = ORDERS.column("amount").name
+ORDER_CUSTOMER = ORDERS.column("customer_id").name
+ORDER_PRODUCT = ORDERS.column("product_id").name
+
+UNKNOWN_SEGMENT = ""
+
+
+class ConfidenceParams(BaseModel):
+    """How orders become confidences (see the module docstring)."""
+
+    alpha: float = Field(10.0, gt=0, description="confidence gained per unit of decayed strength")
+    half_life_days: float = Field(180.0, gt=0, description="an order counts half after this many days")
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The products, in model column order."""
+
+    product_ids: np.ndarray  # str
+    names: np.ndarray  # str
+    categories: np.ndarray  # str ("" unknown)
+    repeatable: np.ndarray  # bool
+
+    @property
+    def n(self) -> int:
+        return int(self.product_ids.size)
+
+
+@dataclass(frozen=True)
+class LakeData:
+    """What the recommender needs from a lake: customers, the catalogue and product orders."""
+
+    customers: pl.DataFrame  # customer_id, segment
+    catalogue: Catalogue
+    orders: pl.DataFrame  # customer_id, product_id, ordered_at, quantity, amount (product_id not null)
+
+
+def read_lake(lake: Path) -> LakeData:
+    """Customers, products and orders; a lake without ``products`` gets a catalogue from orders."""
+    customers = read_table(lake, CUSTOMERS.name, columns=[CUSTOMER_ID, SEGMENT])
+    orders = read_table(lake, ORDERS.name, columns=[ORDER_CUSTOMER, ORDER_PRODUCT, ORDERED_AT, QUANTITY, AMOUNT])
+    if customers is None or orders is None:
+        raise CrmscoreError(f"{lake}: next-best-product needs the customers and orders tables")
+    orders = orders.filter(pl.col(ORDER_PRODUCT).is_not_null())
+    if orders.is_empty():
+        raise CrmscoreError(f"{lake}: no order names a product (orders.product_id is empty)")
+    products = read_table(lake, PRODUCTS.name, columns=[PRODUCT_ID, PRODUCT_NAME, CATEGORY, IS_REPEATABLE])
+    if products is None:
+        # Without a catalogue we cannot know which products are one-offs: treat all as
+        # repeatable (never hide a product wrongly) and say so.
+        log.warning("%s: no products table; every product is treated as repeatable", lake)
+        ids = orders[ORDER_PRODUCT].unique().sort()
+        products = pl.DataFrame({PRODUCT_ID: ids, PRODUCT_NAME: ids, CATEGORY: [""] * ids.len(),
+                                 IS_REPEATABLE: [True] * ids.len()})
+    products = products.sort(PRODUCT_ID)
+    catalogue = Catalogue(
+        product_ids=products[PRODUCT_ID].to_numpy().astype(str),
+        names=products[PRODUCT_NAME].fill_null("").to_numpy().astype(str),
+        categories=products[CATEGORY].fill_null("").to_numpy().astype(str),
+        repeatable=products[IS_REPEATABLE].fill_null(True).to_numpy().astype(bool),
+    )
+    customers = customers.with_columns(pl.col(SEGMENT).fill_null(UNKNOWN_SEGMENT))
+    return LakeData(customers=customers, catalogue=catalogue, orders=orders)
+
+
+def index_of(ids: np.ndarray | pl.Series | list[str], known: np.ndarray) -> np.ndarray:
+    """Row of each id in ``known`` (int64), -1 where unknown. A hash join, not a Python dict."""
+    wanted = pl.Series("id", ids, dtype=pl.String)
+    table = pl.DataFrame({"id": pl.Series(known, dtype=pl.String), "row": np.arange(len(known), dtype=np.int64)})
+    rows = pl.DataFrame({"id": wanted}).join(table, on="id", how="left", maintain_order="left")["row"]
+    return rows.fill_null(-1).to_numpy()
+
+
+def typical_amounts(orders: pl.DataFrame, product_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median amount and median quantity of each product's orders (NaN where never ordered)."""
+    med = orders.group_by(ORDER_PRODUCT).agg(pl.col(AMOUNT).median().alias("a"), pl.col(QUANTITY).median().alias("q"))
+    rows = index_of(med[ORDER_PRODUCT], product_ids)
+    keep = rows >= 0
+    amount = np.full(len(product_ids), np.nan)
+    quantity = np.full(len(product_ids), np.nan)
+    amount[rows[keep]] = med["a"].to_numpy()[keep]
+    quantity[rows[keep]] = med["q"].to_numpy()[keep]
+    return amount, quantity
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Confidences of customers × products at a reference time, plus order counts."""
+
+    customer_ids: np.ndarray  # str, row order
+    confidence: sp.csr_matrix  # c_uj (0 = never bought)
+    orders: np.ndarray  # int64: product orders per customer before the reference time
+    as_of: datetime
+
+
+def build_interactions(orders: pl.DataFrame, product_ids: np.ndarray, as_of: datetime,
+                       params: ConfidenceParams, typical_amount: np.ndarray, typical_quantity: np.ndarray,
+                       customer_ids: np.ndarray | None = None) -> Interactions:
+    """The confidence matrix of orders placed before ``as_of`` (see the module docstring).
+
+    Rows are ``customer_ids`` when given (customers without orders get empty rows),
+    else the customers with at least one order, sorted. Orders of products outside
+    ``product_ids`` are ignored (a product added after the model was trained).
+    """
+    before = orders.filter(pl.col(ORDERED_AT) < as_of)
+    if customer_ids is None:
+        customer_ids = before[ORDER_CUSTOMER].unique().sort().to_numpy().astype(str)
+    col = index_of(before[ORDER_PRODUCT], product_ids)
+    row = index_of(before[ORDER_CUSTOMER], customer_ids)
+    keep = (col >= 0) & (row >= 0)
+    row, col = row[keep], col[keep]
+    as_of_us = int(as_of.timestamp() * 1_000_000)
+    age_days = (as_of_us - before[ORDERED_AT].dt.epoch("us").to_numpy()[keep]) / 86_400e6
+    amount = before[AMOUNT].to_numpy()[keep].astype(np.float64)
+    quantity = before[QUANTITY].to_numpy()[keep].astype(np.float64)
+    typ_a, typ_q = typical_amount[col], typical_quantity[col]
+    # Relative size of the order: amount where the product has a price, else quantity, else 1.
+    relative = np.where(typ_a > 0, amount / np.where(typ_a > 0, typ_a, 1.0),
+                        np.where(typ_q > 0, quantity / np.where(typ_q > 0, typ_q, 1.0), 1.0))
+    strength = np.log2(1.0 + np.nan_to_num(relative, nan=1.0))
+    decay = np.exp2(-age_days / params.half_life_days)
+    shape = (len(customer_ids), len(product_ids))
+    # Sum per (customer, product) pair; unique keys come out sorted, i.e. in CSR order. An
+    # order of strength 0 (amount 0 on a priced product) still says "bought", so every
+    # pair keeps an entry (confidence >= 1) instead of vanishing as a zero.
+    key = row * shape[1] + col
+    pairs, inverse = np.unique(key, return_inverse=True)
+    r = np.bincount(inverse, weights=strength * decay, minlength=pairs.size)
+    confidence = sp.csr_matrix(
+        ((1.0 + params.alpha * r).astype(np.float32), (pairs // shape[1], pairs % shape[1])), shape=shape
+    )
+    counts = np.bincount(row, minlength=shape[0]).astype(np.int64)
+    return Interactions(customer_ids=np.asarray(customer_ids).astype(str),
+                        confidence=confidence, orders=counts, as_of=as_of)
+
+
+def owned_once(confidence: sp.csr_matrix, repeatable: np.ndarray) -> sp.csr_matrix:
+    """The (customer, product) pairs that may never be recommended: bought and not repeatable."""
+    owned = confidence.copy().tocsr()
+    owned.data = np.ones_like(owned.data)
+    owned = owned.multiply(sp.csr_matrix((~repeatable).astype(np.float32))).tocsr()
+    owned.eliminate_zeros()
+    return owned
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train on orders before the cutoff; test on what active customers buy in the window."""
+
+    cutoff: datetime
+    window_days: int
+    train: Interactions
+    #: Rows of ``train`` evaluated (active before the cutoff, bought something eligible after).
+    test_rows: np.ndarray
+    #: (len(test_rows) × products) products bought in the window, owned one-offs removed.
+    relevant: sp.csr_matrix
+
+
+def default_cutoff(orders: pl.DataFrame, window_days: int) -> datetime:
+    """The start of the last full window: the day after the last order, minus the window."""
+    last = orders[ORDERED_AT].max()
+    end = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    return end - timedelta(days=window_days)
+
+
+def time_split(data: LakeData, window_days: int, cutoff: datetime | None, params: ConfidenceParams,
+               typical: tuple[np.ndarray, np.ndarray] | None = None) -> Split:
+    """The train interactions at the cutoff and the test relevance of the next ``window_days``."""
+    orders = data.orders
+    cutoff = cutoff or default_cutoff(orders, window_days)
+    if cutoff.tzinfo is None:
+        cutoff = cutoff.replace(tzinfo=UTC)
+    end = cutoff + timedelta(days=window_days)
+    train_orders = orders.filter(pl.col(ORDERED_AT) < cutoff)
+    if train_orders.is_empty():
+        raise CrmscoreError(f"no product orders before the cutoff {cutoff:%Y-%m-%d}")
+    ids = data.catalogue.product_ids
+    typ_a, typ_q = typical or typical_amounts(train_orders, ids)
+    train = build_interactions(train_orders, ids, cutoff, params, typ_a, typ_q)
+    test_orders = orders.filter((pl.col(ORDERED_AT) >= cutoff) & (pl.col(ORDERED_AT) < end))
+    row = index_of(test_orders[ORDER_CUSTOMER], train.customer_ids)
+    col = index_of(test_orders[ORDER_PRODUCT], ids)
+    keep = (row >= 0) & (col >= 0)  # active before the cutoff = at least one earlier order
+    bought = sp.csr_matrix((np.ones(int(keep.sum())), (row[keep], col[keep])), shape=train.confidence.shape)
+    bought.sum_duplicates()
+    bought.data[:] = 1.0
+    # Owned one-offs are excluded from recommendations, so they cannot count as relevant either.
+    bought = (bought - bought.multiply(owned_once(train.confidence, data.catalogue.repeatable))).tocsr()
+    bought.eliminate_zeros()
+    test_rows = np.flatnonzero(np.diff(bought.indptr) > 0)
+    if test_rows.size == 0:
+        raise CrmscoreError(
+            f"no customer active before {cutoff:%Y-%m-%d} bought a product in the {window_days} days after it; "
+            "choose an earlier --cutoff or a longer window"
+        )
+    log.info("time split at %s: %d customers, %d products, %d train interactions; %d test customers",
+             f"{cutoff:%Y-%m-%d}", train.confidence.shape[0], len(ids), train.confidence.nnz, test_rows.size)
+    return Split(cutoff=cutoff, window_days=window_days, train=train, test_rows=test_rows,
+                 relevant=bought[test_rows])
