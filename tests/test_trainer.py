@@ -146,3 +146,12 @@ def test_cli_models_list_and_promote(mlflow_store: Path) -> None:
     missing = runner.invoke(app, ["promote", "crm-churn", "99"])
     assert missing.exit_code == 1 and "crm-churn has no version 99" in missing.output
     assert first.version == "1"
+
+
+def test_gate_refuses_to_compare_another_target(mlflow_store: Path) -> None:
+    frame, p = make_frame(n=1500)
+    assert train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p).promoted
+    other = task()
+    other = BinaryTask(**{**other.__dict__, "spec": other.spec.model_copy(update={"mode": "transactional"})})
+    result = train_binary(other, frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
+    assert not result.promoted and "predicts another target (subscription mode, 90 days)" in result.reason

@@ -59,12 +59,14 @@ def ensure_snapshots(ws: Workspace, cutoffs: list[datetime]) -> None:
     """
     try:
         existing = set(read_build_summary(ws.feature_tables).as_of)
-    except CrmscoreError:
-        existing = set(snapshot_grid(ws.lake))
-    missing = sorted(set(cutoffs) - existing)
+    except CrmscoreError:  # never built: the default grid plus the cutoffs
+        log.info("no feature tables yet: building the default grid and %d training cutoffs", len(cutoffs))
+        build_features(ws.lake, ws.feature_tables, sorted(set(snapshot_grid(ws.lake)) | set(cutoffs)))
+        return
+    missing = set(cutoffs) - existing
     if missing:
-        log.info("building feature snapshots at %d training cutoffs", len(missing))
-        build_features(ws.lake, ws.feature_tables, sorted(existing | set(missing)))
+        log.info("building feature snapshots at %d missing training cutoffs", len(missing))
+        build_features(ws.lake, ws.feature_tables, sorted(existing | missing))
 
 
 def labelled_frame(ws: Workspace, service: str, labels: pl.DataFrame, profile: str = "local") -> pd.DataFrame:

@@ -59,7 +59,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
-    "num_threads": 2,
+    # No num_threads: LightGBM then follows OMP_NUM_THREADS (all cores by default), so a
+    # test run with parallel workers can set it to 1 instead of oversubscribing the cores.
     "verbose": -1,
     "seed": 7,
 }
@@ -191,16 +192,24 @@ def tune(params: dict[str, Any], trials: int, x_train: pd.DataFrame, y_train: np
     return {**params, **study.best_params}
 
 
-def gate(client: MlflowClient, name: str, holdout: pd.DataFrame, y: np.ndarray,
+def gate(client: MlflowClient, spec: ModelSpec, holdout: pd.DataFrame, y: np.ndarray,
          new: dict[str, float], load: Callable[[str], ScoringModel]) -> tuple[bool, str]:
     """Promote only if there is no champion, or the challenger beats it on the same holdout rows."""
     from sklearn.metrics import log_loss, roc_auc_score
 
-    current = version_by_alias(client, name, CHAMPION)
+    current = version_by_alias(client, spec.model_name, CHAMPION)
     if current is None:
         return True, "no champion yet"
     try:
         champion = load(str(current.version))
+    except CrmscoreError as exc:
+        return False, f"champion v{current.version} cannot be loaded ({exc}); promote by hand"
+    if (champion.spec.mode, champion.spec.label_window_days) != (spec.mode, spec.label_window_days):
+        # Another target (e.g. transactional vs subscription churn): AUCs are not comparable.
+        return False, (f"champion v{current.version} predicts another target "
+                       f"({champion.spec.mode or 'default'} mode, {champion.spec.label_window_days} days); "
+                       "promote by hand if this one should replace it")
+    try:
         p = champion.predict_proba(holdout)
     except CrmscoreError as exc:
         # The champion cannot score today's feature service (e.g. features were renamed):
@@ -303,7 +312,7 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
                                      f"{metrics['overall']['roc_auc']:.4f}")
         timings["log_and_register"] = time.perf_counter() - log_started
 
-        promoted, reason = gate(client, spec.model_name, holdout, y_hold, metrics["overall"],
+        promoted, reason = gate(client, spec, holdout, y_hold, metrics["overall"],
                                 lambda v: load_model(spec.model_name, version=v, client=client))
         record_decision(client, spec.model_name, version, promoted, reason)
         mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})

@@ -202,6 +202,9 @@ class Split:
     test_rows: np.ndarray
     #: (len(test_rows) × products) products bought in the window, owned one-offs removed.
     relevant: sp.csr_matrix
+    #: Median amount and quantity per product in the training orders (the confidence scale).
+    typical_amount: np.ndarray
+    typical_quantity: np.ndarray
 
 
 def default_cutoff(orders: pl.DataFrame, window_days: int) -> datetime:
@@ -211,8 +214,7 @@ def default_cutoff(orders: pl.DataFrame, window_days: int) -> datetime:
     return end - timedelta(days=window_days)
 
 
-def time_split(data: LakeData, window_days: int, cutoff: datetime | None, params: ConfidenceParams,
-               typical: tuple[np.ndarray, np.ndarray] | None = None) -> Split:
+def time_split(data: LakeData, window_days: int, cutoff: datetime | None, params: ConfidenceParams) -> Split:
     """The train interactions at the cutoff and the test relevance of the next ``window_days``."""
     orders = data.orders
     cutoff = cutoff or default_cutoff(orders, window_days)
@@ -223,7 +225,7 @@ def time_split(data: LakeData, window_days: int, cutoff: datetime | None, params
     if train_orders.is_empty():
         raise CrmscoreError(f"no product orders before the cutoff {cutoff:%Y-%m-%d}")
     ids = data.catalogue.product_ids
-    typ_a, typ_q = typical or typical_amounts(train_orders, ids)
+    typ_a, typ_q = typical_amounts(train_orders, ids)
     train = build_interactions(train_orders, ids, cutoff, params, typ_a, typ_q)
     test_orders = orders.filter((pl.col(ORDERED_AT) >= cutoff) & (pl.col(ORDERED_AT) < end))
     row = index_of(test_orders[ORDER_CUSTOMER], train.customer_ids)
@@ -244,4 +246,4 @@ def time_split(data: LakeData, window_days: int, cutoff: datetime | None, params
     log.info("time split at %s: %d customers, %d products, %d train interactions; %d test customers",
              f"{cutoff:%Y-%m-%d}", train.confidence.shape[0], len(ids), train.confidence.nnz, test_rows.size)
     return Split(cutoff=cutoff, window_days=window_days, train=train, test_rows=test_rows,
-                 relevant=bought[test_rows])
+                 relevant=bought[test_rows], typical_amount=typ_a, typical_quantity=typ_q)

@@ -267,6 +267,10 @@ class Recommender:
         scores[empty] = np.nan
         return ids, scores
 
+    def popularity_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Popularity row of known customers by model row: 1 + segment index, 0 if unknown."""
+        return self.customer_segments[rows].astype(np.int64) + 1
+
     def _segment_rows(self, ids: list[str], rows: np.ndarray, segments: Mapping[str, str] | None) -> np.ndarray:
         """Popularity row per customer: 1 + segment index, or 0 (overall) if unknown."""
         seg = np.where(rows >= 0, self.customer_segments[np.maximum(rows, 0)], -1).astype(np.int64)
@@ -348,7 +352,10 @@ class Recommender:
             contrib[~mask] = -np.inf
             best = np.argmax(contrib, axis=1)  # (B, k)
             reason = np.take_along_axis(pad_idx, best, axis=1)
-            reason[(rec < 0) | ~mask.any(axis=1)[:, None]] = -1
+            # Nothing in the past pushes the item up (e.g. a product with no sales yet):
+            # naming a past product would mislead, so it falls back to the popularity reason.
+            pushed = np.take_along_axis(contrib, best[:, None, :], axis=1)[:, 0, :] > 0
+            reason[(rec < 0) | ~pushed] = -1
             out[sel] = reason
         return out
 

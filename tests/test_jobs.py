@@ -1,0 +1,80 @@
+"""The churn and lead jobs end to end on a tiny synthetic world, into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.errors import CrmscoreError
+from pipelines.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    from pipelines.synth import WorldConfig, generate_world
+
+    home = tmp_path_factory.mktemp("jobs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CRMSCORE_HOME", str(home))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlflow/mlflow.db")
+    ws = Workspace(home)
+    generate_world(WorldConfig(customers=4000, leads=3000, products=60, seed=3), ws.lake)
+    yield ws
+    mp.undo()
+
+
+def test_train_churn_and_lead_through_the_cli(world: Workspace) -> None:
+    runner = CliRunner()
+    # No feature build or apply first: the job builds the snapshots it needs and registers the repo.
+    for target, model, service in (("churn", "crm-churn", "churn_v1"), ("lead", "crm-lead-scoring",
+                                                                          "lead_scoring_v1")):
+        result = runner.invoke(app, ["train", target, "--json"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout[result.stdout.index("{"):])
+        assert set(out) == {"model", "version", "run_id", "alias", "metrics", "baseline", "oracle",
+                            "promoted", "reason"}
+        assert out["model"] == model and out["promoted"] and out["alias"] == "champion"
+        # Model, baseline and oracle are measured on the same holdout rows.
+        rows = {out[k]["overall"]["rows"] for k in ("metrics", "baseline", "oracle")}
+        assert len(rows) == 1
+        assert 0.6 < out["metrics"]["overall"]["roc_auc"] <= 1.0
+        assert 0.6 < out["oracle"]["overall"]["roc_auc"] <= 1.0
+        run = MlflowClient().get_run(out["run_id"])
+        assert run.data.tags["feature_service"] == service
+
+    listed = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    assert {(r["model"], tuple(r["aliases"])) for r in listed} == {
+        ("crm-churn", ("challenger", "champion")), ("crm-lead-scoring", ("challenger", "champion"))}
+
+
+def test_transactional_churn_has_no_oracle(world: Workspace) -> None:
+    from training.churn import train_churn
+
+    result = train_churn(world, mode="transactional", window_days=60)
+    assert result.oracle is None
+    assert result.metrics["overall"]["rows"] > 0
+
+
+def test_minimum_data_error_names_what_is_missing(world: Workspace) -> None:
+    from training.lead import train_lead
+
+    with pytest.raises(CrmscoreError, match=r"need ≥ 100000 converted leads in the training cutoffs, found \d+"):
+        train_lead(world, min_positives=100_000)
+
+
+def test_lead_scoring_without_leads_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.factories import tiny_tables, write_lake
+    from training.lead import train_lead
+
+    ws = Workspace(tmp_path)
+    write_lake(ws.lake, {k: v for k, v in tiny_tables().items() if k in ("customers", "orders")})
+    with pytest.raises(CrmscoreError, match="lead scoring needs the leads table"):
+        train_lead(ws)
