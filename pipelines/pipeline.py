@@ -1,0 +1,216 @@
+"""The end-to-end pipeline: from raw data (or a synthetic world) to served scores.
+
+Each step is a library call; the pipeline only orders them, times them and
+remembers which finished (``HOME/pipeline.json``, written atomically), so a rerun
+resumes after the last finished step. ``force`` reruns everything; a step that
+reruns makes every later step rerun too, since its inputs changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pipelines.errors import CrmscoreError
+from pipelines.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "pipeline.json"
+
+
+class Source(BaseModel):
+    """Where the lake comes from: a synthetic world, an existing lake, or an import mapping."""
+
+    world_customers: int | None = None
+    seed: int = 1
+    lake: Path | None = None
+    mapping: Path | None = None
+
+    def describe(self) -> str:
+        if self.world_customers:
+            return f"synthetic world of {self.world_customers} customers (seed {self.seed})"
+        return f"lake {self.lake}" if self.lake else f"import {self.mapping}"
+
+
+class StepRecord(BaseModel):
+    name: str
+    status: str  # ran | skipped (already done) | not applicable
+    seconds: float
+    detail: str = ""
+    finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class PipelineState(BaseModel):
+    source: str = ""
+    done: dict[str, StepRecord] = Field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    ws: Workspace
+    source: Source
+    profile: str
+
+
+StepFn = Callable[[Context], str]
+
+
+def _lake(ctx: Context) -> str:
+    src = ctx.source
+    if src.world_customers:
+        from pipelines.synth import WorldConfig, generate_world
+
+        generate_world(WorldConfig(customers=src.world_customers, leads=src.world_customers // 2, seed=src.seed),
+                       ctx.ws.lake)
+        return src.describe()
+    if src.mapping:
+        from pipelines.importer import import_lake
+
+        import_lake(src.mapping, ctx.ws.lake)
+        return src.describe()
+    if src.lake:
+        import shutil
+
+        from pipelines.lake import atomic_dir
+
+        if not src.lake.is_dir():
+            raise CrmscoreError(f"--lake {src.lake}: no such directory")
+        if src.lake.resolve() != ctx.ws.lake.resolve():
+            with atomic_dir(ctx.ws.lake) as tmp:
+                shutil.copytree(src.lake, tmp, dirs_exist_ok=True)
+        return src.describe()
+    raise CrmscoreError("the pipeline needs a source: --world N, --lake DIR or --mapping FILE")
+
+
+def _validate(ctx: Context) -> str:
+    from pipelines.validate import validate_lake
+
+    problems = validate_lake(ctx.ws.lake)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        listing = "; ".join(str(p) for p in errors[:5])
+        raise CrmscoreError(f"the lake breaks {len(errors)} contract rules: {listing}")
+    return f"valid ({len(problems)} warnings)"
+
+
+def _features(ctx: Context) -> str:
+    from features.build import build_features, snapshot_grid
+
+    summary = build_features(ctx.ws.lake, ctx.ws.feature_tables, snapshot_grid(ctx.ws.lake))
+    return f"{len(summary.as_of)} snapshots, " + ", ".join(
+        f"{name} {e.rows:,} rows" for name, e in summary.entities.items())
+
+
+def _apply(ctx: Context) -> str:
+    from features.store import apply_repository, feature_store
+
+    summary = apply_repository(feature_store(ctx.ws, ctx.profile), ctx.ws.feature_tables, ctx.profile)
+    return f"{len(summary.feature_views)} views, {len(summary.feature_services)} services"
+
+
+def _materialize(ctx: Context) -> str:
+    from features.store import feature_store, materialize_latest
+
+    summary = materialize_latest(feature_store(ctx.ws, ctx.profile), ctx.ws.feature_tables)
+    return f"snapshot {summary.snapshot:%Y-%m-%d}, " + ", ".join(f"{k} {v:,}" for k, v in summary.rows.items())
+
+
+def _trained(result: Any) -> str:
+    return f"{result.model} v{result.version} ({result.alias}): {result.reason}"
+
+
+def _train_churn(ctx: Context) -> str:
+    from training.churn import train_churn
+
+    return _trained(train_churn(ctx.ws, profile=ctx.profile))
+
+
+def _train_lead(ctx: Context) -> str:
+    from pipelines.lake import read_table
+    from training.lead import train_lead
+
+    if read_table(ctx.ws.lake, "leads", ["lead_id"]) is None:
+        return "not applicable: the lake has no leads"
+    return _trained(train_lead(ctx.ws, profile=ctx.profile))
+
+
+def _train_nbp(ctx: Context) -> str:
+    from training.nbp import train_nbp
+
+    return _trained(train_nbp(ctx.ws.lake))
+
+
+STEPS: tuple[tuple[str, StepFn], ...] = (
+    ("lake", _lake),
+    ("validate", _validate),
+    ("features", _features),
+    ("apply", _apply),
+    ("materialize", _materialize),
+    ("train churn", _train_churn),
+    ("train lead", _train_lead),
+    ("train nbp", _train_nbp),
+)
+
+
+def _read_state(path: Path) -> PipelineState:
+    if not path.exists():
+        return PipelineState()
+    try:
+        return PipelineState.model_validate_json(path.read_text())
+    except ValueError:
+        log.warning("%s is unreadable; starting the pipeline from the first step", path)
+        return PipelineState()
+
+
+def _write_state(path: Path, state: PipelineState) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(state.model_dump_json(indent=2))
+    os.replace(tmp, path)
+
+
+def run_pipeline(ws: Workspace, source: Source, *, force: bool = False, profile: str = "local",
+                 steps: tuple[tuple[str, StepFn], ...] = STEPS,
+                 on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
+    """Run every step in order, skipping those already done (unless ``force``)."""
+    state_path = ws.home / STATE_FILE
+    state = PipelineState() if force else _read_state(state_path)
+    if state.source and state.source != source.describe():
+        log.info("the source changed (%s → %s): running every step", state.source, source.describe())
+        state = PipelineState()
+    state.source = source.describe()
+    ctx = Context(ws=ws, source=source, profile=profile)
+    records: list[StepRecord] = []
+    rerun_rest = False
+    for name, fn in steps:
+        if name in state.done and not rerun_rest:
+            record = StepRecord(name=name, status="skipped", seconds=0.0,
+                                detail=f"done {state.done[name].finished_at:%Y-%m-%d %H:%M} UTC")
+        else:
+            rerun_rest = True
+            started = time.perf_counter()
+            log.info("pipeline step %s …", name)
+            detail = fn(ctx)
+            status = "not applicable" if detail.startswith("not applicable") else "ran"
+            record = StepRecord(name=name, status=status, seconds=round(time.perf_counter() - started, 2),
+                                detail=detail)
+            state.done[name] = record
+            _write_state(state_path, state)
+        records.append(record)
+        if on_step:
+            on_step(record)
+    return records
+
+
+def records_json(records: list[StepRecord]) -> str:
+    return json.dumps([r.model_dump(mode="json") for r in records], indent=2)
