@@ -333,3 +333,9 @@ app.add_typer(
     name="features",
     help="Build point-in-time feature tables, register them with Feast, materialize.",
 )
+
+# --- serving: serve, keys (pipelines/cli_serving.py) ------------------------------
+
+from pipelines.cli_serving import register as _register_serving  # noqa: E402
+
+_register_serving(app)

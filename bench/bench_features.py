@@ -1,0 +1,338 @@
+"""Feature-store benchmarks: build, training frame, materialize, online read.
+
+    .venv/bin/python bench/bench_features.py [--customers 100000] [--materialize 50000]
+                                             [--write BENCHMARKS.md]
+
+* build: ``build_features`` on a generated world (``pipelines.synth``) at 12 weekly
+  snapshots, and on half its customers to measure how it scales;
+* training frame: ``training_frame`` (``get_historical_features``) of churn_v1
+  for 200k (customer, cutoff) rows;
+* materialize: ``materialize_latest`` of N synthetic customers into SQLite and
+  Redis against a raw bulk write of the *same rows* (read back from the store
+  after Feast wrote them): ``executemany`` / pipelined ``HSET``;
+* online read: ``read_online`` (fast path and SDK) for 1 and 100 customers
+  against a raw SQLite select / Redis ``HMGET`` of the same keys, p50/p99.
+
+Everything runs in one process, one after the other, so ratios compare like
+with like. Redis parts are skipped when no Redis answers on 127.0.0.1:6379.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from features.build import (
+    BUILD_SUMMARY,
+    BuildSummary,
+    build_features,
+    snapshot_grid,
+    write_feature_table,
+)
+from features.catalog import EVENT_TIMESTAMP, FEATURES, table_file
+from features.online import read_online
+from features.store import (
+    DEFAULT_REDIS_URL,
+    Profile,
+    apply_repository,
+    feature_store,
+    materialize_latest,
+)
+from features.training import training_frame
+from pipelines.workspace import Workspace
+
+log = logging.getLogger("bench_features")
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - started
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ms = sorted(s * 1e3 for s in samples)
+    return statistics.median(ms), ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+
+
+def world(workdir: Path, customers: int) -> Path:
+    lake = workdir / f"lake{customers}"
+    if not (lake / "_lake.json").exists():
+        from pipelines.synth import WorldConfig, generate_world
+
+        log.info("generating a %d-customer world", customers)
+        generate_world(WorldConfig(customers=customers, leads=customers // 5, products=200, seed=1), lake)
+    return lake
+
+
+def half_lake(lake: Path, out: Path) -> Path:
+    """The same world restricted to every other customer (for the scaling figure)."""
+    if (out / "_lake.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    keep = pl.read_parquet(lake / "customers.parquet").filter(pl.int_range(pl.len()) % 2 == 0)["customer_id"]
+    for path in lake.glob("*.parquet"):
+        frame = pl.read_parquet(path)
+        if "customer_id" in frame.columns and path.stem != "leads":
+            frame = frame.filter(pl.col("customer_id").is_in(keep.implode()))
+        frame.write_parquet(out / path.name)
+    shutil.copy(lake / "_lake.json", out / "_lake.json")
+    return out
+
+
+def bench_build(workdir: Path, customers: int) -> dict:
+    lake = world(workdir, customers)
+    orders = pl.scan_parquet(lake / "orders.parquet").select(pl.len()).collect().item()
+    grid = snapshot_grid(lake, periods=12, include_truth=False)
+    ws = Workspace(workdir / "ws-build")
+    summary, seconds = timed(build_features, lake, ws.feature_tables, grid)
+    _, half_seconds = timed(build_features, half_lake(lake, workdir / "half"), workdir / "half-features", grid)
+    rows = sum(e.rows for e in summary.entities.values())
+    exponent = float(np.log(seconds / half_seconds) / np.log(2))
+    return {
+        "ws": ws,
+        "customers": customers,
+        "orders": orders,
+        "snapshots": len(grid),
+        "seconds": seconds,
+        "rows": rows,
+        "half_seconds": half_seconds,
+        "exponent": exponent,
+        "projected_1m": seconds * (1_000_000 / customers) ** exponent,
+        "summary": summary,
+    }
+
+
+def bench_training(ws: Workspace, rows: int = 200_000) -> dict:
+    store = feature_store(ws)
+    apply_repository(store, ws.feature_tables)
+    table = pl.read_parquet(ws.feature_tables / table_file("customer"), columns=["customer_id", EVENT_TIMESTAMP])
+    labels = table.sample(n=min(rows, table.height), seed=1, with_replacement=rows > table.height)
+    labels = labels.with_columns(pl.lit(0).alias("label"))
+    frame, seconds = timed(training_frame, store, "churn_v1", labels)
+    return {"rows": len(frame), "features": frame.shape[1] - 3, "seconds": seconds}
+
+
+def synthetic_workspace(root: Path, customers: int) -> Workspace:
+    """One snapshot of N customers with every catalogue feature (random values)."""
+    ws = Workspace(root)
+    ws.feature_tables.mkdir(parents=True, exist_ok=True)
+    snap = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    rng = np.random.default_rng(0)
+    for entity, key, n in (("customer", "customer_id", customers), ("lead", "lead_id", 10), ("product", "product_id", 10)):
+        cols: dict = {key: [f"{entity[0].upper()}{i}" for i in range(n)], EVENT_TIMESTAMP: [snap] * n}
+        for spec in FEATURES[entity]:
+            cols[spec.name] = (
+                rng.integers(0, 100, n) if spec.kind == "int"
+                else rng.random(n) if spec.kind == "float"
+                else rng.choice(["a", "b", "c"], n)
+            )
+        write_feature_table(pl.DataFrame(cols), ws.feature_tables / table_file(entity))
+    summary = BuildSummary(lake="synthetic", as_of=[snap], tables_present=[], tables_missing=[], entities={}, seconds=0)
+    (ws.feature_tables / BUILD_SUMMARY).write_text(summary.model_dump_json())
+    return ws
+
+
+def bench_sqlite(ws: Workspace, customers: int) -> dict:
+    store = feature_store(ws)
+    apply_repository(store, ws.feature_tables)
+    _, seconds = timed(materialize_latest, store, ws.feature_tables, ["customer_features"])
+    db = ws.feast / "online_store.db"
+    table = f"{store.project}_customer_features"
+    conn = sqlite3.connect(db)
+    rows = conn.execute(f'SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM "{table}"').fetchall()
+    conn.execute(f'CREATE TABLE raw_copy AS SELECT * FROM "{table}" WHERE 0')
+    conn.execute("CREATE UNIQUE INDEX raw_copy_pk ON raw_copy (entity_key, feature_name)")
+    started = time.perf_counter()
+    with conn:
+        conn.executemany(
+            "INSERT INTO raw_copy (entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    raw_seconds = time.perf_counter() - started
+    # Online reads: the same keys through read_online (fast, SDK) and a raw select.
+    keys = [r[0] for r in conn.execute(f'SELECT DISTINCT entity_key FROM "{table}" LIMIT 100')]
+    ids = [f"C{i}" for i in range(100)]
+    reads = {}
+    for n, loops in ((1, 300), (100, 100)):
+        raw, fast, sdk = [], [], []
+        for _ in range(loops):
+            t = time.perf_counter()
+            conn.execute(
+                f'SELECT entity_key, feature_name, value, event_ts FROM "{table}" WHERE entity_key IN ({",".join("?" * n)})',
+                keys[:n],
+            ).fetchall()
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            read_online(store, "churn_v1", ids[:n])
+            fast.append(time.perf_counter() - t)
+        for _ in range(loops // 3):
+            t = time.perf_counter()
+            read_online(store, "churn_v1", ids[:n], fast=False)
+            sdk.append(time.perf_counter() - t)
+        reads[n] = {"raw": percentiles(raw), "fast": percentiles(fast), "sdk": percentiles(sdk)}
+    conn.close()
+    return {"seconds": seconds, "raw_seconds": raw_seconds, "rows": len(rows), "customers": customers, "reads": reads}
+
+
+def bench_redis(ws: Workspace, customers: int) -> dict | None:
+    import redis
+
+    client = redis.Redis.from_url(DEFAULT_REDIS_URL)
+    try:
+        client.ping()
+    except Exception:  # noqa: BLE001  (any connection failure: skip Redis)
+        log.warning("no Redis at %s: skipping the Redis benchmarks", DEFAULT_REDIS_URL)
+        return None
+    project = f"bench{uuid.uuid4().hex[:8]}"
+    registry = Workspace(ws.home / "redis-registry")
+    # The registry stays a local file here: the benchmark measures the online store.
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    from features.store import StoreSettings, config_dict
+
+    config = config_dict(registry, StoreSettings(profile=Profile.REDIS, project=project))
+    config["registry"] = {"registry_type": "file", "path": str(registry.feast / "registry.db")}
+    registry.feast.mkdir(parents=True, exist_ok=True)
+    store = FeatureStore(config=RepoConfig(repo_path=ws.feature_tables, **config))
+    try:
+        apply_repository(store, ws.feature_tables, Profile.REDIS)
+        _, seconds = timed(materialize_latest, store, ws.feature_tables, ["customer_features"])
+        keys = [k for k in client.scan_iter(count=10_000) if k.endswith(project.encode())]
+        hashes = []
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        hashes = list(zip(keys, pipe.execute(), strict=True))
+        started = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        for i, (key, mapping) in enumerate(hashes):
+            pipe.hset(b"raw:" + key, mapping=mapping)
+            if i % 1000 == 999:
+                pipe.execute()
+        pipe.execute()
+        raw_seconds = time.perf_counter() - started
+        fields = list(hashes[0][1]) if hashes else []
+        ids = [f"C{i}" for i in range(100)]
+        read_keys = [k for k, _ in hashes[:100]]
+        reads = {}
+        for n, loops in ((1, 300), (100, 100)):
+            raw, fast, sdk = [], [], []
+            for _ in range(loops):
+                t = time.perf_counter()
+                pipe = client.pipeline(transaction=False)
+                for key in read_keys[:n]:
+                    pipe.hmget(key, fields)
+                pipe.execute()
+                raw.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                read_online(store, "churn_v1", ids[:n])
+                fast.append(time.perf_counter() - t)
+            for _ in range(loops // 3):
+                t = time.perf_counter()
+                read_online(store, "churn_v1", ids[:n], fast=False)
+                sdk.append(time.perf_counter() - t)
+            reads[n] = {"raw": percentiles(raw), "fast": percentiles(fast), "sdk": percentiles(sdk)}
+        return {"seconds": seconds, "raw_seconds": raw_seconds, "rows": len(hashes), "customers": customers, "reads": reads}
+    finally:
+        store.teardown()
+        leftovers = [k for k in client.scan_iter(count=10_000) if project.encode() in k]
+        for i in range(0, len(leftovers), 10_000):
+            client.delete(*leftovers[i : i + 10_000])
+
+
+def render(build: dict, training: dict, sqlite: dict, redis_: dict | None) -> str:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "## features",
+        "",
+        (f"`bench/bench_features.py`, {datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores ({cpu}), "
+        f"Python {platform.python_version()}, load average at start {os.getloadavg()[0]:.1f} "
+        "(other jobs shared the machine; figures are wall-clock, one run)."),
+        "",
+        "| what | measured | goal | notes |",
+        "|---|---|---|---|",
+        (f"| build: {build['customers']:,} customers / {build['orders']:,} orders, {build['snapshots']} weekly snapshots "
+        f"| {build['seconds']:.1f} s ({build['rows'] / build['seconds']:,.0f} feature rows/s, "
+        f"{build['orders'] * build['snapshots'] / build['seconds']:,.0f} order-snapshots/s) | ≤ 60 s "
+        f"| half the customers: {build['half_seconds']:.1f} s → time ∝ n^{build['exponent']:.2f}; "
+        f"1M customers ≈ {build['projected_1m'] / 60:.1f} min projected |"),
+        (f"| training frame: churn_v1, {training['rows']:,} (customer, cutoff) rows × {training['features']} features "
+        f"| {training['seconds']:.1f} s | ≤ 60 s | Feast file (dask) offline store, `get_historical_features` via the service |"),
+    ]
+    for name, res in (("SQLite", sqlite), ("Redis", redis_)):
+        if res is None:
+            lines.append(f"| materialize into {name} | skipped | | no server |")
+            continue
+        unit = "rows" if name == "SQLite" else "hashes"
+        lines.append(
+            f"| materialize {res['customers']:,} customers into {name} | {res['seconds']:.1f} s "
+            f"({res['customers'] / res['seconds']:,.0f} customers/s) vs raw {res['raw_seconds']:.2f} s "
+            f"({res['rows']:,} {unit}) = **{res['raw_seconds'] / res['seconds']:.0%} of raw** | ≥ 50 % of raw "
+            f"| 1M customers ≈ {res['seconds'] * 1e6 / res['customers'] / 60:.0f} min at this rate |"
+        )
+    for name, res in (("SQLite", sqlite), ("Redis", redis_)):
+        if res is None:
+            continue
+        for n, r in res["reads"].items():
+            lines.append(
+                f"| online read churn_v1, {n} customer{'s' if n > 1 else ''}, {name} "
+                f"| fast p50/p99 {r['fast'][0]:.2f}/{r['fast'][1]:.2f} ms; SDK {r['sdk'][0]:.2f}/{r['sdk'][1]:.2f} ms; "
+                f"raw {r['raw'][0]:.2f}/{r['raw'][1]:.2f} ms | p99 ≤ 2× raw "
+                f"| fast p99 = {r['fast'][1] / r['raw'][1]:.1f}× raw, SDK p99 = {r['sdk'][1] / r['raw'][1]:.1f}× raw |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) only the "## features" section of BENCHMARKS.md."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find("\n## features")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[: start + 1] + section + (text[end:] if end != -1 else "")
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--materialize", type=int, default=50_000, help="customers to materialize (goal: 1M)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--write", type=Path, default=None, help="update the '## features' section of this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in ("feast", "dask", "distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-features-"))
+    build = bench_build(workdir, args.customers)
+    log.info("build: %.1fs", build["seconds"])
+    training = bench_training(build["ws"])
+    log.info("training frame: %.1fs", training["seconds"])
+    ws = synthetic_workspace(workdir / "ws-online", args.materialize)
+    sqlite = bench_sqlite(ws, args.materialize)
+    redis_ = bench_redis(ws, args.materialize)
+    section = render(build, training, sqlite, redis_)
+    log.info("results:\n%s", section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()

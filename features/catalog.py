@@ -1,0 +1,269 @@
+"""The feature catalogue: names, types, windows and the tables each feature needs.
+
+This is the one place where feature names and window lengths are defined. The
+feature pipeline (``features/build.py``) computes exactly these columns, the
+docs describe them, and the Feast definitions type them from here. Nothing in
+this module touches Feast or data, so Feast's CLI can import it for free.
+
+Window semantics (documented in docs/features.md): a feature for snapshot
+``as_of`` only sees events with ``timestamp < as_of``; an ``N``-day window
+counts events with ``as_of - N days <= timestamp < as_of``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from pipelines.contract import (
+    CUSTOMERS,
+    INTERACTIONS,
+    LEAD_ACTIVITIES,
+    LEADS,
+    ORDERS,
+    PRODUCTS,
+    SUBSCRIPTIONS,
+    LeadActivityType,
+)
+
+FeatureKind = Literal["int", "float", "str"]
+EntityName = Literal["customer", "lead", "product"]
+
+#: Entity name -> join key (the contract's id column of that table).
+JOIN_KEYS: dict[str, str] = {
+    "customer": CUSTOMERS.key[0],
+    "lead": LEADS.key[0],
+    "product": PRODUCTS.key[0],
+}
+#: The timestamp column of every feature table: the snapshot date (``as_of``).
+EVENT_TIMESTAMP = "event_timestamp"
+#: Prefix of the columns holding a table's declared custom attributes.
+ATTRIBUTE_PREFIX = "attr_"
+
+# --- windows (days) ------------------------------------------------------------------
+RFM_WINDOWS: tuple[int, ...] = (30, 90, 365)
+#: Trend: the last TREND_RECENT days against the TREND_PREVIOUS days before them.
+TREND_RECENT = 30
+TREND_PREVIOUS = 90
+SUPPORT_WINDOWS: tuple[int, ...] = (30, 90)
+LOGIN_WINDOWS: tuple[int, ...] = (30, 90)
+EMAIL_WINDOW = 90
+LEAD_ACTIVITY_WINDOWS: tuple[int, ...] = (7, 30)
+PRODUCT_WINDOWS: tuple[int, ...] = (30, 90)
+
+#: Feature-view TTL: two weekly snapshot periods. Historical retrieval ignores rows
+#: older than this before a cutoff; online reads flag them as stale.
+VIEW_TTL = timedelta(days=14)
+#: Default snapshot spacing and count of the build grid.
+DEFAULT_EVERY = timedelta(days=7)
+DEFAULT_PERIODS = 12
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    entity: EntityName
+    kind: FeatureKind
+    description: str
+    #: Raw tables (besides the entity's own) the feature is computed from.
+    requires: tuple[str, ...] = ()
+
+    @property
+    def categorical(self) -> bool:
+        """Categorical features are strings (Feast String) everywhere."""
+        return self.kind == "str"
+
+
+def _customer_features() -> list[FeatureSpec]:
+    o, p, i, s = ORDERS.name, PRODUCTS.name, INTERACTIONS.name, SUBSCRIPTIONS.name
+    specs = [
+        FeatureSpec("tenure_days", "customer", "float", "days from signup_at to as_of"),
+        FeatureSpec("segment", "customer", "str", "customer segment"),
+        FeatureSpec("acquisition_channel", "customer", "str", "acquisition channel"),
+        FeatureSpec("country", "customer", "str", "ISO country code"),
+        FeatureSpec("industry", "customer", "str", "industry"),
+        FeatureSpec("orders_total", "customer", "int", "orders before as_of", (o,)),
+        FeatureSpec("revenue_total", "customer", "float", "order amount before as_of", (o,)),
+    ]
+    for w in RFM_WINDOWS:
+        specs += [
+            FeatureSpec(f"orders_{w}d", "customer", "int", f"orders in the last {w} days", (o,)),
+            FeatureSpec(
+                f"revenue_{w}d", "customer", "float", f"order amount in the last {w} days", (o,)
+            ),
+        ]
+    specs += [
+        FeatureSpec(
+            "orders_trend",
+            "customer",
+            "float",
+            f"orders in the last {TREND_RECENT} days minus the {TREND_RECENT}-day average "
+            f"of the {TREND_PREVIOUS} days before them (negative = slowing down)",
+            (o,),
+        ),
+        FeatureSpec(
+            "revenue_trend",
+            "customer",
+            "float",
+            f"amount in the last {TREND_RECENT} days minus the {TREND_RECENT}-day average "
+            f"of the {TREND_PREVIOUS} days before them",
+            (o,),
+        ),
+        FeatureSpec("avg_order_value", "customer", "float", "revenue_total / orders_total", (o,)),
+        FeatureSpec(
+            "days_since_last_order", "customer", "float", "days since the last order", (o,)
+        ),
+        FeatureSpec(
+            "distinct_products", "customer", "int", "distinct products ever ordered", (o,)
+        ),
+        FeatureSpec(
+            "distinct_categories", "customer", "int", "distinct categories ever ordered", (o, p)
+        ),
+        FeatureSpec(
+            "days_since_last_login", "customer", "float", "days since the last login", (i,)
+        ),
+    ]
+    for w in LOGIN_WINDOWS:
+        specs.append(FeatureSpec(f"logins_{w}d", "customer", "int", f"logins in {w} days", (i,)))
+    specs.append(
+        FeatureSpec(
+            "days_since_last_ticket", "customer", "float", "days since the last support ticket", (i,)
+        )
+    )
+    for w in SUPPORT_WINDOWS:
+        specs += [
+            FeatureSpec(f"tickets_{w}d", "customer", "int", f"support tickets in {w} days", (i,)),
+            FeatureSpec(f"complaints_{w}d", "customer", "int", f"complaints in {w} days", (i,)),
+        ]
+    specs += [
+        FeatureSpec("last_nps", "customer", "float", "value of the latest NPS answer", (i,)),
+        FeatureSpec("last_csat", "customer", "float", "value of the latest CSAT answer", (i,)),
+        FeatureSpec(
+            f"email_open_rate_{EMAIL_WINDOW}d",
+            "customer",
+            "float",
+            f"email opens / emails sent in {EMAIL_WINDOW} days (null without sends)",
+            (i,),
+        ),
+        FeatureSpec(
+            f"email_click_rate_{EMAIL_WINDOW}d",
+            "customer",
+            "float",
+            f"email clicks / emails sent in {EMAIL_WINDOW} days (null without sends)",
+            (i,),
+        ),
+        FeatureSpec(
+            "subscription_active", "customer", "int", "1 if a subscription is active at as_of", (s,)
+        ),
+        FeatureSpec("subscription_plan", "customer", "str", "plan of the active subscription", (s,)),
+        FeatureSpec(
+            "subscription_monthly_price",
+            "customer",
+            "float",
+            "monthly price of the active subscription",
+            (s,),
+        ),
+        FeatureSpec(
+            "subscription_age_days",
+            "customer",
+            "float",
+            "days since the active subscription started",
+            (s,),
+        ),
+        FeatureSpec(
+            "subscriptions_ended", "customer", "int", "subscriptions ended before as_of", (s,)
+        ),
+    ]
+    return specs
+
+
+def _lead_features() -> list[FeatureSpec]:
+    a = LEAD_ACTIVITIES.name
+    specs = [
+        FeatureSpec("source", "lead", "str", "lead source"),
+        FeatureSpec("country", "lead", "str", "ISO country code"),
+        FeatureSpec("industry", "lead", "str", "industry"),
+        FeatureSpec("company_size", "lead", "str", "company size bucket"),
+        FeatureSpec("company_size_rank", "lead", "int", "company size bucket as 0..5"),
+        FeatureSpec("job_seniority", "lead", "str", "contact's seniority"),
+        FeatureSpec("job_seniority_rank", "lead", "int", "seniority as 0..4"),
+        FeatureSpec("days_since_created", "lead", "float", "days from created_at to as_of"),
+    ]
+    for w in LEAD_ACTIVITY_WINDOWS:
+        specs.append(FeatureSpec(f"activities_{w}d", "lead", "int", f"activities in {w} days", (a,)))
+        for t in LeadActivityType:
+            specs.append(
+                FeatureSpec(f"{t.value}_{w}d", "lead", "int", f"{t.value} events in {w} days", (a,))
+            )
+    specs += [
+        FeatureSpec(
+            "days_since_last_activity", "lead", "float", "days since the last activity", (a,)
+        ),
+        FeatureSpec("demo_requested", "lead", "int", "1 if a demo was ever requested", (a,)),
+        FeatureSpec(
+            "pricing_page_visits", "lead", "int", "pricing-page visits since creation", (a,)
+        ),
+        FeatureSpec(
+            "engagement_velocity",
+            "lead",
+            "float",
+            f"activities per day in the last {LEAD_ACTIVITY_WINDOWS[0]} days minus per day "
+            f"in the last {LEAD_ACTIVITY_WINDOWS[-1]} days (positive = heating up)",
+            (a,),
+        ),
+    ]
+    return specs
+
+
+def _product_features() -> list[FeatureSpec]:
+    o, p = ORDERS.name, PRODUCTS.name
+    # Prefixed: next_best_product_v1 joins them next to the customer's own order counts.
+    specs = [
+        FeatureSpec("product_price", "product", "float", "list price", (p,)),
+        FeatureSpec("product_category", "product", "str", "category", (p,)),
+        FeatureSpec("product_is_repeatable", "product", "int", "1 if bought repeatedly", (p,)),
+    ]
+    for w in PRODUCT_WINDOWS:
+        specs += [
+            FeatureSpec(f"product_orders_{w}d", "product", "int", f"orders in {w} days", (o,)),
+            FeatureSpec(
+                f"product_buyers_{w}d", "product", "int", f"distinct buyers in {w} days", (o,)
+            ),
+        ]
+    specs.append(
+        FeatureSpec(
+            "product_repeat_rate",
+            "product",
+            "float",
+            "share of its buyers (before as_of) who bought it more than once",
+            (o,),
+        )
+    )
+    return specs
+
+
+FEATURES: dict[str, list[FeatureSpec]] = {
+    "customer": _customer_features(),
+    "lead": _lead_features(),
+    "product": _product_features(),
+}
+
+#: Feature view name per entity (one wide view per entity keeps online reads to one lookup).
+VIEW_NAMES: dict[str, str] = {e: f"{e}_features" for e in FEATURES}
+#: The raw table that defines each entity's rows, and the table carrying custom attributes.
+ENTITY_TABLES: dict[str, str] = {
+    "customer": CUSTOMERS.name,
+    "lead": LEADS.name,
+    "product": PRODUCTS.name,
+}
+
+
+
+def table_file(entity: str) -> str:
+    """File name of an entity's feature table inside the feature-table directory."""
+    return f"{entity}.parquet"
+
+
+def attribute_column(name: str) -> str:
+    return f"{ATTRIBUTE_PREFIX}{name}"

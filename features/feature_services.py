@@ -1,0 +1,39 @@
+"""Feature services: the feature list of each model version, and the only one.
+
+Training (``features.training.training_frame``), serving and batch scoring ask
+for features by service name (``store.get_feature_service("churn_v1")``), never
+by retyped ``"view:feature"`` strings. A new model version that needs different
+features gets a new service (``churn_v2``) so the old one keeps serving.
+"""
+
+from feast import FeatureService
+
+try:  # imported as part of the `features` package (crmscore, tests)
+    from .feature_views import customer_features, lead_features, product_features
+except ImportError:  # imported as a top-level module by Feast's CLI (`feast apply` in features/)
+    from feature_views import (  # type: ignore[no-redef]
+        customer_features,
+        lead_features,
+        product_features,
+    )
+
+churn_v1 = FeatureService(
+    name="churn_v1",
+    features=[customer_features],
+    description="Churn risk: every customer feature, custom attributes included.",
+    tags={"model": "churn", "entities": "customer"},
+)
+
+lead_scoring_v1 = FeatureService(
+    name="lead_scoring_v1",
+    features=[lead_features],
+    description="Lead scoring: every lead feature, custom attributes included.",
+    tags={"model": "lead_scoring", "entities": "lead"},
+)
+
+next_best_product_v1 = FeatureService(
+    name="next_best_product_v1",
+    features=[customer_features, product_features],
+    description="Next best product: the customer's features next to each candidate product's.",
+    tags={"model": "next_best_product", "entities": "customer,product"},
+)

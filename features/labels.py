@@ -1,0 +1,213 @@
+"""Label builders (DESIGN.md "Labels"): what happened in the W days after a cutoff.
+
+Each builder returns one row per (entity, cutoff) of the population at risk at
+that cutoff, with ``event_timestamp`` = the cutoff and ``label`` in {0, 1}; that
+frame is exactly what ``features.training.training_frame`` takes. The label
+window is ``[cutoff, cutoff + W)``; features only see events ``< cutoff``.
+
+Cutoffs whose window reaches past the lake's last event are dropped (with a
+warning): their labels would be censored, i.e. "no order yet" would read as churn.
+
+Vectorized polars throughout: the cutoffs are a small frame cross-joined to the
+table rows, never a Python loop over entities.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from features.build import as_utc, last_event
+from features.catalog import EVENT_TIMESTAMP, JOIN_KEYS
+from pipelines.contract import LEADS, ORDERS, PRODUCTS, SUBSCRIPTIONS, TIMESTAMP
+from pipelines.errors import CrmscoreError
+from pipelines.lake import read_table
+
+log = logging.getLogger(__name__)
+
+LABEL = "label"
+CUTOFF = EVENT_TIMESTAMP
+CHURN_WINDOW_DAYS = 90
+CHURN_LOOKBACK_DAYS = 365
+LEAD_WINDOW_DAYS = 60
+NEXT_PRODUCT_WINDOW_DAYS = 30
+
+ChurnMode = Literal["auto", "subscription", "transactional"]
+
+
+def _cutoffs(lake: Path, cutoffs: Sequence[datetime], window_days: int) -> pl.DataFrame:
+    """The cutoffs whose whole label window is observed in the lake, as a one-column frame."""
+    if window_days <= 0:
+        raise CrmscoreError(f"the label window must be positive, got {window_days} days")
+    end = last_event(lake)
+    wanted = sorted({as_utc(c) for c in cutoffs})
+    kept = [c for c in wanted if c + timedelta(days=window_days) <= end]
+    if len(kept) < len(wanted):
+        log.warning(
+            "dropped %d cutoffs whose %d-day label window ends after the lake's last event (%s)",
+            len(wanted) - len(kept),
+            window_days,
+            f"{end:%Y-%m-%d}",
+        )
+    return pl.DataFrame({CUTOFF: kept}, schema={CUTOFF: TIMESTAMP})
+
+
+def _require(lake: Path, name: str, why: str) -> pl.DataFrame:
+    frame = read_table(lake, name)
+    if frame is None:
+        raise CrmscoreError(f"{lake}: {why} needs the {name} table, which this lake does not have")
+    return frame
+
+
+def churn_labels(
+    lake: Path,
+    cutoffs: Sequence[datetime],
+    *,
+    window_days: int = CHURN_WINDOW_DAYS,
+    mode: ChurnMode = "auto",
+    lookback_days: int = CHURN_LOOKBACK_DAYS,
+) -> pl.DataFrame:
+    """Churn labels; ``auto`` uses subscriptions when the lake has them, else orders."""
+    if mode == "auto":
+        mode = "subscription" if read_table(lake, SUBSCRIPTIONS.name, ["customer_id"]) is not None else "transactional"
+    if mode == "subscription":
+        return churn_labels_subscription(lake, cutoffs, window_days=window_days)
+    return churn_labels_transactional(
+        lake, cutoffs, window_days=window_days, lookback_days=lookback_days
+    )
+
+
+def churn_labels_subscription(
+    lake: Path, cutoffs: Sequence[datetime], *, window_days: int = CHURN_WINDOW_DAYS
+) -> pl.DataFrame:
+    """Population: customers with a subscription active at the cutoff.
+    Label 1: none of their subscriptions is active W days later, i.e. what was
+    active ended within the window and was not replaced (a plan change is not churn).
+
+    Active at t: ``started_at < t`` and (``ended_at`` is null or ``ended_at >= t``).
+    """
+    key = JOIN_KEYS["customer"]
+    subs = _require(lake, SUBSCRIPTIONS.name, "subscription churn").select(
+        key, "started_at", "ended_at"
+    )
+    grid = _cutoffs(lake, cutoffs, window_days).with_columns(
+        (pl.col(CUTOFF) + pl.duration(days=window_days)).alias("_horizon")
+    )
+
+    def active(at: str) -> pl.Expr:
+        return (pl.col("started_at") < pl.col(at)) & (
+            pl.col("ended_at").is_null() | (pl.col("ended_at") >= pl.col(at))
+        )
+
+    return (
+        subs.join(grid, how="cross")
+        .group_by(key, CUTOFF)
+        .agg(active(CUTOFF).any().alias("_now"), active("_horizon").any().alias("_later"))
+        .filter(pl.col("_now"))
+        .select(key, CUTOFF, (~pl.col("_later")).cast(pl.Int8).alias(LABEL))
+        .sort(CUTOFF, key)
+    )
+
+
+def churn_labels_transactional(
+    lake: Path,
+    cutoffs: Sequence[datetime],
+    *,
+    window_days: int = CHURN_WINDOW_DAYS,
+    lookback_days: int = CHURN_LOOKBACK_DAYS,
+) -> pl.DataFrame:
+    """Population: customers with an order in ``[cutoff - lookback, cutoff)``.
+    Label 1: no order in ``[cutoff, cutoff + W)``."""
+    key = JOIN_KEYS["customer"]
+    orders = _require(lake, ORDERS.name, "transactional churn").select(key, "ordered_at")
+    grid = _cutoffs(lake, cutoffs, window_days)
+    t, c = pl.col("ordered_at"), pl.col(CUTOFF)
+    window = pl.duration(days=window_days)
+    lookback = pl.duration(days=lookback_days)
+    return (
+        orders.lazy()
+        .join(grid.lazy(), how="cross")
+        .filter((t >= c - lookback) & (t < c + window))
+        .group_by(key, CUTOFF)
+        .agg((t < c).any().alias("_active"), (t >= c).any().alias("_bought"))
+        .filter(pl.col("_active"))
+        .select(key, CUTOFF, (~pl.col("_bought")).cast(pl.Int8).alias(LABEL))
+        .sort(CUTOFF, key)
+        .collect()
+    )
+
+
+def lead_conversion_labels(
+    lake: Path, cutoffs: Sequence[datetime], *, window_days: int = LEAD_WINDOW_DAYS
+) -> pl.DataFrame:
+    """Population: leads open at the cutoff (created before it, neither converted nor
+    lost before it). Label 1: converted in ``[cutoff, cutoff + W)``."""
+    key = JOIN_KEYS["lead"]
+    leads = _require(lake, LEADS.name, "lead conversion").select(
+        key, "created_at", "converted_at", "lost_at"
+    )
+    grid = _cutoffs(lake, cutoffs, window_days)
+    c = pl.col(CUTOFF)
+    conv, lost = pl.col("converted_at"), pl.col("lost_at")
+    return (
+        leads.join(grid, how="cross")
+        .filter(
+            (pl.col("created_at") < c)
+            & (conv.is_null() | (conv >= c))
+            & (lost.is_null() | (lost >= c))
+        )
+        .select(
+            key,
+            CUTOFF,
+            (conv.is_not_null() & (conv < c + pl.duration(days=window_days)))
+            .cast(pl.Int8)
+            .alias(LABEL),
+        )
+        .sort(CUTOFF, key)
+    )
+
+
+def next_product_labels(
+    lake: Path, cutoffs: Sequence[datetime], *, window_days: int = NEXT_PRODUCT_WINDOW_DAYS
+) -> pl.DataFrame:
+    """The products each customer buys in ``[cutoff, cutoff + W)``: one row per
+    (customer, cutoff, product) with ``label`` 1. A product the customer already
+    owned before the cutoff is excluded when it is not repeatable (products table
+    ``is_repeatable``; without a products table every product counts as repeatable).
+
+    Negatives are the training job's choice (sampled candidates), so none are made here.
+    """
+    key, pkey = JOIN_KEYS["customer"], JOIN_KEYS["product"]
+    orders = _require(lake, ORDERS.name, "next products").select(key, pkey, "ordered_at")
+    orders = orders.filter(pl.col(pkey).is_not_null())
+    if orders.is_empty():
+        raise CrmscoreError(f"{lake}: next products needs orders with product_id; this lake has none")
+    products = read_table(lake, PRODUCTS.name, [pkey, "is_repeatable"])
+    grid = _cutoffs(lake, cutoffs, window_days)
+    t, c = pl.col("ordered_at"), pl.col(CUTOFF)
+    pairs = orders.lazy().join(grid.lazy(), how="cross")
+    bought = (
+        pairs.filter((t >= c) & (t < c + pl.duration(days=window_days)))
+        .select(key, CUTOFF, pkey)
+        .unique()
+        .collect()
+    )
+    # Only what was bought in a window can be excluded, so "owned" is checked for those.
+    owned = (
+        orders.lazy()
+        .join(bought.lazy().select(key, CUTOFF).unique(), on=key)
+        .filter(t < c)
+        .select(key, CUTOFF, pkey)
+        .unique()
+        .collect()
+    )
+    if products is not None:
+        one_off = products.filter(~pl.col("is_repeatable")).select(pkey)
+        owned_one_off = owned.join(one_off, on=pkey, how="semi")
+        bought = bought.join(owned_one_off, on=[key, CUTOFF, pkey], how="anti")
+    return bought.with_columns(pl.lit(1, pl.Int8).alias(LABEL)).sort(CUTOFF, key, pkey)

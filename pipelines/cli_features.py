@@ -1,0 +1,101 @@
+"""``crmscore features …``: build feature tables, register them with Feast, materialize.
+
+Thin wrappers over ``features.build``, ``features.store``; heavy imports (Feast,
+DuckDB) happen inside the commands so ``crmscore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli import console, handle_errors, workspace
+
+features_app = typer.Typer(
+    help="Feature tables (point-in-time snapshots) and the Feast feature store.",
+    no_args_is_help=True,
+)
+
+ProfileOption = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        help="local: SQLite online store + file registry in HOME/feast. "
+        "redis: Redis ($CRMSCORE_REDIS_URL) + SQL registry ($CRMSCORE_REGISTRY_URL).",
+    ),
+]
+
+
+def _profile(value: str):  # -> features.store.Profile
+    from features.store import Profile
+    from pipelines.errors import CrmscoreError
+
+    try:
+        return Profile(value)
+    except ValueError:
+        raise CrmscoreError(f"--profile {value!r}: expected local or redis") from None
+
+
+@features_app.command()
+@handle_errors
+def build(
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Comma-separated snapshot dates (UTC), e.g. 2024-01-01,2024-04-01."
+        ),
+    ] = None,
+    every: Annotated[
+        str, typer.Option(help="Grid spacing back from the last event (Mondays 00:00 UTC).")
+    ] = "7d",
+    periods: Annotated[int, typer.Option(min=1, help="Snapshots in the grid.")] = 12,
+    lake: Annotated[Path | None, typer.Option(help="Lake directory (default: HOME/lake).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Feature-table directory (default: HOME/features).")
+    ] = None,
+) -> None:
+    """Turn the lake's raw tables into feature tables keyed by entity + event_timestamp."""
+    from features.build import build_features, parse_dates, parse_every, snapshot_grid
+
+    ws = workspace()
+    source = lake or ws.lake
+    if as_of:
+        dates = parse_dates(as_of)
+    else:
+        dates = snapshot_grid(source, every=parse_every(every), periods=periods)
+    summary = build_features(source, out or ws.feature_tables, dates)
+    console.print(summary.render(), highlight=False)
+
+
+@features_app.command()
+@handle_errors
+def apply(profile: ProfileOption = "local") -> None:
+    """Register entities, sources, feature views and services (after `features build`)."""
+    from features.store import (
+        StoreSettings,
+        apply_repository,
+        feature_store,
+        write_feature_store_yaml,
+    )
+
+    ws = workspace()
+    chosen = _profile(profile)
+    store = feature_store(ws, chosen)
+    summary = apply_repository(store, ws.feature_tables, chosen)
+    path = write_feature_store_yaml(ws, StoreSettings(profile=chosen))
+    console.print(summary.render(), highlight=False)
+    console.print(f"  Feast CLI config: {path}", highlight=False)
+
+
+@features_app.command()
+@handle_errors
+def materialize(profile: ProfileOption = "local") -> None:
+    """Load each entity's latest snapshot into the online store."""
+    from features.store import feature_store, materialize_latest
+
+    ws = workspace()
+    store = feature_store(ws, _profile(profile))
+    summary = materialize_latest(store, ws.feature_tables)
+    console.print(summary.render(), highlight=False)

@@ -1,0 +1,97 @@
+"""The production profile against the real servers: Redis online store on
+127.0.0.1:6379 and the SQL registry on PostgreSQL 127.0.0.1:5432.
+
+Isolation: a throw-away PostgreSQL database and a unique Feast project name (the
+Redis keys carry it); both are removed at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pandas as pd
+import polars as pl
+import pytest
+
+from features.build import build_features, snapshot_grid
+from features.catalog import EVENT_TIMESTAMP, table_file
+from features.online import read_online
+from features.store import (
+    DEFAULT_REDIS_URL,
+    Profile,
+    apply_repository,
+    feature_store,
+    materialize_latest,
+)
+from features.training import service_features, training_frame
+from pipelines.workspace import Workspace
+from tests.factories import write_lake
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _redis_or_skip():
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(DEFAULT_REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001  (any connection failure means "no Redis here")
+        pytest.skip(f"no Redis answers at {DEFAULT_REDIS_URL} ({exc.__class__.__name__})")
+    return client
+
+
+@pytest.fixture
+def registry_url() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    name = f"crmscore_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_redis_profile_end_to_end(tmp_path, registry_url: str) -> None:
+    client = _redis_or_skip()
+    project = f"crmscore_t{uuid.uuid4().hex[:8]}"
+    ws = Workspace(tmp_path)
+    lake = write_lake(ws.lake)
+    build_features(lake, ws.feature_tables, snapshot_grid(lake))
+    store = feature_store(ws, Profile.REDIS, project=project, registry_url=registry_url)
+    try:
+        summary = apply_repository(store, ws.feature_tables, Profile.REDIS)
+        assert set(summary.feature_services) == {"churn_v1", "lead_scoring_v1", "next_best_product_v1"}
+        # A second store (another process) sees the registry through PostgreSQL.
+        other = feature_store(ws, "redis", project=project, registry_url=registry_url)
+        assert {s.name for s in other.list_feature_services()} == set(summary.feature_services)
+
+        materialize_latest(store, ws.feature_tables)
+        assert any(project.encode() in key for key in client.scan_iter(count=1000))
+        offline = pl.read_parquet(ws.feature_tables / table_file("customer"))
+        latest = offline.filter(pl.col(EVENT_TIMESTAMP) == offline[EVENT_TIMESTAMP].max()).sort("customer_id")
+        ids = latest["customer_id"].to_list()
+        newest = latest[EVENT_TIMESTAMP][0]
+        for fast in (True, False):
+            result = read_online(other, "churn_v1", ids + ["nobody"], fast=fast, now=newest)
+            for column in service_features(other.get_feature_service("churn_v1")):
+                online = result.features[column].tolist()[:-1]
+                expected = latest[column].to_list()
+                assert all((a is None or pd.isna(a)) and b is None or a == b for a, b in zip(online, expected, strict=True)), column
+            fresh = result.freshness["customer_features"]
+            assert fresh.found == [True] * len(ids) + [False]
+            assert fresh.age_seconds[0] == 0.0 and fresh.stale[0] is False
+
+        labels = pd.DataFrame({"customer_id": ids, EVENT_TIMESTAMP: [datetime(2024, 2, 12, tzinfo=UTC)] * len(ids), "label": 0})
+        frame = training_frame(other, "churn_v1", labels)
+        assert frame["orders_total"].tolist() == latest["orders_total"].to_list()
+    finally:
+        store.teardown()
+        leftovers = [k for k in client.scan_iter(count=1000) if project.encode() in k]
+        if leftovers:
+            client.delete(*leftovers)

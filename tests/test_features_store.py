@@ -1,0 +1,199 @@
+"""The Feast repository on the embedded profile: apply, types, materialize,
+online = offline, freshness, training frames, and Feast's own CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import polars as pl
+import pytest
+
+from features.catalog import EVENT_TIMESTAMP, FEATURES, VIEW_NAMES, VIEW_TTL, table_file
+from features.online import read_online
+from features.store import (
+    Profile,
+    StoreSettings,
+    config_dict,
+    redis_connection_string,
+    repository_objects,
+)
+from features.training import service_features, training_frame
+from pipelines.errors import CrmscoreError
+from tests.conftest import FeatureWorkspace
+
+FEATURES_DIR = Path(__file__).resolve().parent.parent / "features"
+FEAST_TYPES = {"str": "String", "int": "Int64", "float": "Float64"}
+
+
+def latest_offline(fw: FeatureWorkspace, entity: str) -> pd.DataFrame:
+    frame = pl.read_parquet(fw.ws.feature_tables / table_file(entity))
+    return frame.filter(pl.col(EVENT_TIMESTAMP) == frame[EVENT_TIMESTAMP].max()).to_pandas()
+
+
+def test_services_and_types_are_registered(feature_workspace: FeatureWorkspace) -> None:
+    store = feature_workspace.store
+    services = {s.name for s in store.list_feature_services()}
+    assert services == {"churn_v1", "lead_scoring_v1", "next_best_product_v1"}
+    for entity, specs in FEATURES.items():
+        view = store.get_feature_view(VIEW_NAMES[entity])
+        types = {f.name: str(f.dtype) for f in view.features}
+        for spec in specs:
+            assert types[spec.name] == FEAST_TYPES[spec.kind], spec.name
+        assert view.ttl == VIEW_TTL
+    customer = {f.name: str(f.dtype) for f in store.get_feature_view("customer_features").features}
+    assert customer["attr_tier"] == "String" and customer["attr_credit"] == "Float64"
+    churn = service_features(store.get_feature_service("churn_v1"))
+    assert "attr_tier" in churn and "orders_30d" in churn
+    lead = service_features(store.get_feature_service("lead_scoring_v1"))
+    assert "attr_score" in lead
+    nbp = store.get_feature_service("next_best_product_v1")
+    assert [p.name for p in nbp.feature_view_projections] == ["customer_features", "product_features"]
+
+
+def test_repository_objects_are_retargeted_copies(tmp_path: Path) -> None:
+    from features import data_sources
+
+    before = data_sources.customer_source.path
+    objects = repository_objects(tmp_path)
+    paths = sorted(o.path for o in objects if type(o).__name__ == "FileSource")
+    assert paths == sorted(str(tmp_path / table_file(e)) for e in ("customer", "lead", "product"))
+    views = [o for o in objects if type(o).__name__ == "FeatureView"]
+    assert all(v.batch_source.path.startswith(str(tmp_path)) for v in views)
+    assert data_sources.customer_source.path == before
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "sdk"])
+def test_online_equals_latest_offline(feature_workspace: FeatureWorkspace, fast: bool) -> None:
+    fw = feature_workspace
+    for service, entity in (("churn_v1", "customer"), ("lead_scoring_v1", "lead")):
+        offline = latest_offline(fw, entity)
+        key = offline.columns[0]
+        ids = sorted(offline[key])
+        result = read_online(fw.store, service, ids, fast=fast)
+        online = result.features.set_index(key)
+        offline = offline.set_index(key).loc[ids]
+        for column in service_features(fw.store.get_feature_service(service)):
+            for i in ids:
+                a, b = online.at[i, column], offline.at[i, column]
+                assert (pd.isna(a) and pd.isna(b)) or a == b, (service, i, column, a, b)
+
+
+def test_fast_and_sdk_reads_agree(feature_workspace: FeatureWorkspace) -> None:
+    store = feature_workspace.store
+    rows = {"customer_id": ["C1", "C1", "C2", "nobody"], "product_id": ["P1", "P2", "P9", "P1"]}
+    now = datetime.now(UTC)
+    fast = read_online(store, "next_best_product_v1", rows, now=now)
+    sdk = read_online(store, "next_best_product_v1", rows, now=now, fast=False)
+    pd.testing.assert_frame_equal(fast.features, sdk.features[fast.features.columns], check_dtype=False)
+    assert fast.freshness_frame().equals(sdk.freshness_frame())
+    assert fast.features.loc[1, "product_category"] == "consumables"
+
+
+def test_freshness_reports_age_and_staleness(feature_workspace: FeatureWorkspace) -> None:
+    store, newest = feature_workspace.store, max(feature_workspace.as_of)
+    fresh = read_online(store, "churn_v1", ["C1", "nobody"], now=newest + timedelta(days=1))
+    view = fresh.freshness["customer_features"]
+    assert view.event_timestamp[0] == newest
+    assert view.age_seconds[0] == 86400.0
+    assert view.ttl_seconds == VIEW_TTL.total_seconds()
+    assert view.stale == [False, True]  # an entity with no row counts as stale
+    assert view.found == [True, False]
+    assert fresh.stale == [False, True]
+    old = read_online(store, "churn_v1", ["C1"], now=newest + VIEW_TTL + timedelta(seconds=1))
+    assert old.stale == [True]
+    assert old.max_age_seconds[0] == (VIEW_TTL + timedelta(seconds=1)).total_seconds()
+
+
+def test_online_read_errors(feature_workspace: FeatureWorkspace) -> None:
+    with pytest.raises(CrmscoreError, match="not registered"):
+        read_online(feature_workspace.store, "churn_v9", ["C1"])
+    with pytest.raises(CrmscoreError, match="mapping"):
+        read_online(feature_workspace.store, "next_best_product_v1", ["C1"])
+
+
+def test_training_frame_is_point_in_time(feature_workspace: FeatureWorkspace) -> None:
+    store, grid = feature_workspace.store, feature_workspace.as_of
+    snap = datetime(2023, 6, 1, tzinfo=UTC)  # a snapshot of the fixture's grid
+    labels = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C1", "C2", "C1", "C1"],
+            EVENT_TIMESTAMP: [
+                snap + timedelta(days=3),  # between snapshots: the 2023-06-01 one
+                snap + timedelta(days=3),  # duplicate rows are kept
+                snap,  # exactly at a snapshot: that snapshot
+                datetime(2023, 3, 1, tzinfo=UTC) + VIEW_TTL + timedelta(days=30),  # older than TTL
+                max(grid),
+            ],
+            "label": [1, 1, 0, 0, 1],
+        }
+    )
+    frame = training_frame(store, "churn_v1", pl.from_pandas(labels))
+    assert list(frame.columns[:3]) == ["customer_id", EVENT_TIMESTAMP, "label"]
+    assert frame["label"].tolist() == [1, 1, 0, 0, 1]
+    offline = pl.read_parquet(feature_workspace.ws.feature_tables / table_file("customer"))
+
+    def at(cid: str, when: datetime) -> dict:
+        return offline.filter((pl.col("customer_id") == cid) & (pl.col(EVENT_TIMESTAMP) == when)).to_dicts()[0]
+
+    assert frame.loc[0, "tenure_days"] == at("C1", snap)["tenure_days"]
+    assert frame.loc[2, "orders_total"] == at("C2", snap)["orders_total"]
+    assert pd.isna(frame.loc[3, "orders_total"])  # no snapshot within the TTL
+    assert frame.loc[4, "attr_tier"] == "gold"
+
+
+def test_training_frame_errors(feature_workspace: FeatureWorkspace) -> None:
+    with pytest.raises(CrmscoreError, match="lack columns: customer_id"):
+        training_frame(feature_workspace.store, "churn_v1", pd.DataFrame({EVENT_TIMESTAMP: []}))
+    with pytest.raises(CrmscoreError, match="not registered"):
+        training_frame(feature_workspace.store, "nope_v1", pd.DataFrame())
+
+
+def test_profiles() -> None:
+    assert redis_connection_string("redis://127.0.0.1:6379/0") == "127.0.0.1:6379,db=0"
+    assert redis_connection_string("rediss://:s3cret@cache:6380/2") == "cache:6380,db=2,password=s3cret,ssl=true"
+    with pytest.raises(CrmscoreError):
+        redis_connection_string("http://x")
+    from pipelines.workspace import Workspace
+
+    ws = Workspace(Path("/w"))
+    local = config_dict(ws, StoreSettings())
+    assert local["online_store"] == {"type": "sqlite", "path": "/w/feast/online_store.db"}
+    assert local["registry"]["path"] == "/w/feast/registry.db"
+    prod = config_dict(ws, StoreSettings(profile=Profile.REDIS, redis_url="redis://h:1/3", registry_url="postgresql+psycopg://u@h/db"))
+    assert prod["online_store"] == {"type": "redis", "connection_string": "h:1,db=3"}
+    assert prod["registry"]["registry_type"] == "sql"
+
+
+def test_static_feature_store_yaml_is_the_embedded_profile() -> None:
+    from feast.repo_config import load_repo_config
+
+    config = load_repo_config(FEATURES_DIR, FEATURES_DIR / "feature_store.yaml")
+    assert config.online_store.type == "sqlite"
+    assert config.registry.registry_type == "file"
+    assert config.offline_store.type == "file"
+    assert (FEATURES_DIR / config.registry.path).resolve() == (FEATURES_DIR.parent / "data/feast/registry.db").resolve()
+
+
+@pytest.mark.slow
+def test_feast_cli_applies_the_repository(feature_workspace: FeatureWorkspace) -> None:
+    """`feast apply` from features/ (Feast imports the definition modules itself)."""
+    fw = feature_workspace
+    from features.store import write_feature_store_yaml
+
+    config = write_feature_store_yaml(fw.ws, StoreSettings())
+    env = {**os.environ, "CRMSCORE_HOME": str(fw.ws.home)}
+    feast = Path(sys.executable).parent / "feast"
+    done = subprocess.run(
+        [str(feast), "-f", str(config), "apply"], check=False, cwd=FEATURES_DIR, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    fw.store.refresh_registry()
+    services = {s.name for s in fw.store.list_feature_services()}
+    assert services == {"churn_v1", "lead_scoring_v1", "next_best_product_v1"}
+    assert read_online(fw.store, "churn_v1", ["C1"]).freshness["customer_features"].found == [True]
