@@ -8,6 +8,7 @@ who ordered in the look-back orders nothing within W days.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Literal
 
 import numpy as np
@@ -55,6 +56,7 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN_WIN
     if mode == "auto":
         mode = "subscription" if read_table(ws.lake, "subscriptions", ["customer_id"]) is not None else "transactional"
     truth = TRUTH_FILE if mode == "subscription" and window_days == CHURN_WINDOW_DAYS else None
+    started = time.perf_counter()
     cutoffs = choose_cutoffs(ws.lake, window_days, truth)
     ensure_snapshots(ws, cutoffs)
     labels = churn_labels(ws.lake, cutoffs, window_days=window_days, mode=mode)
@@ -69,5 +71,8 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN_WIN
                       baseline_name="recency/ticket rule", positive_noun="churned customers",
                       negative_noun="retained customers", min_positives=min_positives)
     oracle = attach_oracle(frame, ws.lake, truth, key, "p_churn") if truth else None
-    return train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
-                        extra_tags={"lake": str(ws.lake)})
+    frame_seconds = time.perf_counter() - started
+    result = train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
+                          extra_tags={"lake": str(ws.lake)})
+    result.seconds["frame"] = frame_seconds
+    return result

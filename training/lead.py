@@ -7,6 +7,7 @@ score of marketing-automation tools.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,7 @@ def train_lead(ws: Workspace, window_days: int = LEAD_WINDOW_DAYS, tune: int = 0
     if read_table(ws.lake, "leads", ["lead_id"]) is None:
         raise CrmscoreError(f"{ws.lake}: lead scoring needs the leads table, which this lake does not have")
     truth = TRUTH_FILE if window_days == LEAD_WINDOW_DAYS else None
+    started = time.perf_counter()
     cutoffs = choose_cutoffs(ws.lake, window_days, truth)
     ensure_snapshots(ws, cutoffs)
     labels = lead_conversion_labels(ws.lake, cutoffs, window_days=window_days)
@@ -69,4 +71,7 @@ def train_lead(ws: Workspace, window_days: int = LEAD_WINDOW_DAYS, tune: int = 0
     task = BinaryTask(spec=spec, segment_column="source", grading=LEAD_GRADES, baseline_name="points-based lead score",
                       positive_noun="converted leads", negative_noun="unconverted leads", min_positives=min_positives)
     oracle = attach_oracle(frame, ws.lake, truth, key, "p_convert") if truth else None
-    return train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune, extra_tags={"lake": str(ws.lake)})
+    frame_seconds = time.perf_counter() - started
+    result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune, extra_tags={"lake": str(ws.lake)})
+    result.seconds["frame"] = frame_seconds
+    return result
