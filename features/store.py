@@ -101,7 +101,9 @@ def config_dict(ws: Workspace, settings: StoreSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "project": settings.project,
         "provider": "local",
-        "offline_store": {"type": "file"},
+        # DuckDB reads the same parquet feature tables ~30x faster than the file (dask) store
+        # for point-in-time joins (200k-row training frames in seconds, not minutes).
+        "offline_store": {"type": "duckdb"},
         "entity_key_serialization_version": 3,
     }
     if settings.profile == Profile.LOCAL:
