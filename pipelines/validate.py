@@ -321,7 +321,7 @@ def _check_foreign_keys(frames: dict[str, pl.DataFrame]) -> list[Problem]:
             if frame[fk.column].dtype != ref[fk.ref_column].dtype:
                 continue  # reported as a dtype problem already
             values = frame[fk.column]
-            broken = int((values.is_not_null() & ~values.is_in(ref[fk.ref_column].unique())).sum())
+            broken = int((values.is_not_null() & ~values.is_in(ref[fk.ref_column].unique().implode())).sum())
             if broken:
                 problems.append(
                     Problem(table=name, column=fk.column, rule="foreign_key", rows=broken,
