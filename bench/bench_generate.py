@@ -100,17 +100,24 @@ def render(runs: list[Run], seed: int, load: tuple[float, float, float]) -> str:
     lines = [
         SECTION,
         "",
-        "What: `crmscore generate --customers N --leads N/2 --products 200 --seed "
-        f"{seed}` (the synthetic world, pipelines/synth), end to end: simulation, parquet lake, truth.",
+        (
+            "What: `crmscore generate --customers N --leads N/2 --products 200 --seed "
+            f"{seed}` (the synthetic world, pipelines/synth), end to end: simulation, parquet lake, truth."
+        ),
         "How: `.venv/bin/python bench/bench_generate.py`; each size runs in its own child process;",
         "wall time is measured around the process (imports included), CPU time and peak RSS come",
         "from that child's rusage (`os.wait4`).",
-        f"Machine: {machine()}; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
-        " (the machine is shared: wall times above CPU time / 2 mean other work competed).",
+        (
+            f"Machine: {machine()}; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+            " (the machine is shared: a wall time far above the CPU time means other work competed"
+            " for the 2 cores; the generator itself keeps about 1.3 cores busy)."
+        ),
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "",
-        "| customers | wall s | CPU s | peak RSS GB | budget | orders | interactions | lead activities "
-        "| churn 90d | churn AUC | conversion 60d | conversion AUC |",
+        (
+            "| customers | wall s | CPU s | peak RSS GB | budget | orders | interactions | lead activities "
+            "| churn 90d | churn AUC | conversion 60d | conversion AUC |"
+        ),
         "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
@@ -128,7 +135,7 @@ def render(runs: list[Run], seed: int, load: tuple[float, float, float]) -> str:
 def update_benchmarks(section: str, path: Path = BENCHMARKS) -> None:
     """Replace the "## generate" section of BENCHMARKS.md in place (or append it)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
