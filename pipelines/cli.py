@@ -22,7 +22,9 @@ from pipelines.errors import CrmscoreError
 from pipelines.workspace import Workspace
 
 log = logging.getLogger("crmscore")
-console = Console()
+# soft_wrap: long paths and messages stay on one line (greppable, copyable) instead of
+# being folded at the terminal width.
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 app = typer.Typer(
@@ -339,3 +341,9 @@ app.add_typer(
 from pipelines.cli_serving import register as _register_serving  # noqa: E402
 
 _register_serving(app)
+
+# --- scoring: score, push-scores (pipelines/cli_score.py) --------------------------
+
+from pipelines.cli_score import register as _register_scoring  # noqa: E402
+
+_register_scoring(app)

@@ -38,6 +38,7 @@ from pipelines.lake import MANIFEST, LakeError, LakeManifest, read_manifest, tab
 log = logging.getLogger(__name__)
 
 Severity = Literal["error", "warning"]
+HASH_SEED = 7
 
 
 class Problem(BaseModel):
@@ -213,7 +214,6 @@ def _pandera_schema(spec: Table, present: Iterable[str], manifest: LakeManifest,
                 col.dtype,
                 checks=_checks(col, now),
                 nullable=col.nullable,
-                unique=spec.key == (col.name,),
             )
     for name, kind in manifest.attributes(spec.name).items():
         if name in present:
@@ -263,12 +263,30 @@ def _check_columns(
                     message="not in the contract and not a declared custom attribute; it is ignored")
         )
 
+    problems += _check_key(spec, frame)
     schema = _pandera_schema(spec, frame.columns, manifest, now)
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         problems += _summarize_failures(spec, exc.failure_cases, now)
     return problems
+
+
+def _check_key(spec: Table, frame: pl.DataFrame) -> list[Problem]:
+    """Duplicate keys, counted as every row that shares its key with another.
+
+    Done here rather than with pandera's ``unique=True``: on 20M string ids pandera
+    takes ~11 s. Distinct 64-bit hashes prove distinct ids (~2 s); only when some
+    hashes repeat is the exact (slower) duplicate count computed.
+    """
+    if len(spec.key) != 1 or spec.key[0] not in frame.columns:
+        return []
+    ids = frame[spec.key[0]]
+    if ids.hash(seed=HASH_SEED).n_unique() == ids.len():
+        return []
+    rows = int(ids.is_duplicated().sum())
+    return [Problem(table=spec.name, column=spec.key[0], rule="unique_key", rows=rows,
+                    message=f"{rows} rows share a duplicate {spec.key[0]}")]
 
 
 def _summarize_failures(spec: Table, failures: pl.DataFrame, now: datetime) -> list[Problem]:
@@ -321,7 +339,11 @@ def _check_foreign_keys(frames: dict[str, pl.DataFrame]) -> list[Problem]:
             if frame[fk.column].dtype != ref[fk.ref_column].dtype:
                 continue  # reported as a dtype problem already
             values = frame[fk.column]
-            broken = int((values.is_not_null() & ~values.is_in(ref[fk.ref_column].unique().implode())).sum())
+            # Compare 64-bit hashes (~2.5x faster than strings on 50M rows). A value whose hash
+            # is absent is certainly broken; a broken value is missed only if its hash collides
+            # with a valid key's, about (broken × keys) / 2^64 — negligible at CRM sizes.
+            known = ref[fk.ref_column].hash(seed=HASH_SEED).unique().implode()
+            broken = int((values.is_not_null() & ~values.hash(seed=HASH_SEED).is_in(known)).sum())
             if broken:
                 problems.append(
                     Problem(table=name, column=fk.column, rule="foreign_key", rows=broken,

@@ -24,6 +24,7 @@ from features.store import (
 )
 from features.training import service_features, training_frame
 from pipelines.errors import CrmscoreError
+from pipelines.workspace import Workspace
 from tests.conftest import FeatureWorkspace
 
 FEATURES_DIR = Path(__file__).resolve().parent.parent / "features"
@@ -60,10 +61,15 @@ def test_repository_objects_are_retargeted_copies(tmp_path: Path) -> None:
 
     before = data_sources.customer_source.path
     objects = repository_objects(tmp_path)
-    paths = sorted(o.path for o in objects if type(o).__name__ == "FileSource")
+    # Score sources (tags table=scores) point at the workspace's score tables instead.
+    paths = sorted(
+        o.path for o in objects if type(o).__name__ == "FileSource" and o.tags.get("table") != "scores"
+    )
     assert paths == sorted(str(tmp_path / table_file(e)) for e in ("customer", "lead", "product"))
     views = [o for o in objects if type(o).__name__ == "FeatureView"]
-    assert all(v.batch_source.path.startswith(str(tmp_path)) for v in views)
+    assert all(
+        v.batch_source.path.startswith(str(tmp_path)) for v in views if v.batch_source.tags.get("table") != "scores"
+    )
     assert data_sources.customer_source.path == before
 
 
@@ -175,7 +181,7 @@ def test_static_feature_store_yaml_is_the_embedded_profile() -> None:
     config = load_repo_config(FEATURES_DIR, FEATURES_DIR / "feature_store.yaml")
     assert config.online_store.type == "sqlite"
     assert config.registry.registry_type == "file"
-    assert config.offline_store.type == "file"
+    assert config.offline_store.type == "duckdb"
     assert (FEATURES_DIR / config.registry.path).resolve() == (FEATURES_DIR.parent / "data/feast/registry.db").resolve()
 
 
@@ -197,3 +203,128 @@ def test_feast_cli_applies_the_repository(feature_workspace: FeatureWorkspace) -
     services = {s.name for s in fw.store.list_feature_services()}
     assert services == {"churn_v1", "lead_scoring_v1", "next_best_product_v1"}
     assert read_online(fw.store, "churn_v1", ["C1"]).freshness["customer_features"].found == [True]
+
+
+# --- bulk materialize = Feast's materialize, byte for byte ---------------------------
+
+SNAPSHOT = datetime(2024, 2, 12, tzinfo=UTC)
+
+
+def tricky_workspace(root: Path, customers: int = 400, seed: int = 7) -> Workspace:
+    """Feature tables holding what a bulk writer could get wrong: nulls of every kind,
+    -0.0, NaN, infinities, large ints, empty and non-ASCII strings, entities whose
+    newest row is the older snapshot of the window, and rows outside the window."""
+    import numpy as np
+
+    from features.build import BUILD_SUMMARY, BuildSummary, write_feature_table
+
+    ws = Workspace(root)
+    ws.feature_tables.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    snapshots = [SNAPSHOT - timedelta(days=21), SNAPSHOT - timedelta(days=7), SNAPSHOT]
+    floats = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-300, 123.456, None]
+    ints = [0, -1, 2**62, -(2**62), 7, None]
+    strings = ["", "a", "gold", "Zürich ☃", "b" * 300, None]
+    for entity, key, n in (("customer", "customer_id", customers), ("lead", "lead_id", 30), ("product", "product_id", 30)):
+        frames = []
+        for s, snap in enumerate(snapshots):
+            ids = [f"{entity[0].upper()}{i}" for i in range(n) if not (s == 2 and i % 7 == 0) and not (s == 1 and i % 5 == 0)]
+            cols: dict = {key: ids, EVENT_TIMESTAMP: [snap] * len(ids)}
+            for spec in FEATURES[entity]:
+                pool = ints if spec.kind == "int" else floats if spec.kind == "float" else strings
+                picks = rng.integers(0, len(pool) + 3, len(ids))
+                if spec.kind == "float":
+                    cols[spec.name] = [pool[p] if p < len(pool) else float(rng.normal()) for p in picks]
+                elif spec.kind == "int":
+                    cols[spec.name] = [pool[p] if p < len(pool) else int(rng.integers(0, 100)) for p in picks]
+                else:
+                    cols[spec.name] = [pool[p] if p < len(pool) else f"v{int(rng.integers(0, 5))}" for p in picks]
+            schema = {key: pl.String, EVENT_TIMESTAMP: pl.Datetime("us", "UTC")} | {
+                spec.name: {"int": pl.Int64, "float": pl.Float64, "str": pl.String}[spec.kind] for spec in FEATURES[entity]
+            }
+            frames.append(pl.DataFrame(cols, schema=schema))
+        write_feature_table(pl.concat(frames), ws.feature_tables / table_file(entity))
+    summary = BuildSummary(lake="tricky", as_of=snapshots, tables_present=[], tables_missing=[], entities={}, seconds=0)
+    (ws.feature_tables / BUILD_SUMMARY).write_text(summary.model_dump_json())
+    return ws
+
+
+def sqlite_rows(store) -> dict[str, list[tuple]]:
+    import sqlite3
+
+    from features.store import ONLINE_FILE
+
+    path = Path(store.config.online_store.path)
+    assert path.name == ONLINE_FILE
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            t: conn.execute(f'SELECT * FROM "{t}" ORDER BY entity_key, feature_name').fetchall() for t in tables
+        }
+
+
+def test_bulk_materialize_writes_what_feast_writes(tmp_path: Path) -> None:
+    from features.store import apply_repository, feature_store, materialize_latest
+
+    stores = {}
+    for fast in (False, True):
+        ws = tricky_workspace(tmp_path / ("bulk" if fast else "feast"))
+        store = feature_store(ws)
+        apply_repository(store, ws.feature_tables)
+        materialize_latest(store, ws.feature_tables, fast=fast)
+        stores[fast] = store
+    feast, bulk = sqlite_rows(stores[False]), sqlite_rows(stores[True])
+    assert set(feast) == set(bulk)
+    for table, rows in feast.items():
+        assert bulk[table] == rows, table
+    for name in VIEW_NAMES.values():
+        assert len(feast[f"crmscore_{name}"]) > 0, name
+    # Feast's bookkeeping: the materialized interval is recorded in the registry.
+    view = stores[True].get_feature_view("customer_features")
+    assert view.materialization_intervals == stores[False].get_feature_view("customer_features").materialization_intervals
+    # Re-materializing (an upsert over existing rows) changes nothing.
+    materialize_latest(stores[True], stores[True].config.repo_path)
+    assert sqlite_rows(stores[True]) == bulk
+
+
+def test_fast_read_equals_sdk_on_tricky_values(tmp_path: Path) -> None:
+    """The fast read and Feast's get_online_features agree value by value and dtype by
+    dtype on nulls, -0.0, infinities, big ints, odd strings and missing entities."""
+    from features.store import apply_repository, feature_store, materialize_latest
+
+    ws = tricky_workspace(tmp_path)
+    store = feature_store(ws)
+    apply_repository(store, ws.feature_tables)
+    materialize_latest(store, ws.feature_tables)
+    assert_fast_equals_sdk(store)
+
+
+def assert_fast_equals_sdk(store) -> None:
+    ids = [f"C{i}" for i in range(0, 400, 3)] + ["nobody", "C1", "C1"]
+    now = SNAPSHOT + timedelta(days=1)
+    for chunk in (ids[:1], ids[1:2], ids[-3:], ids):
+        fast = read_online(store, "churn_v1", chunk, now=now)
+        sdk = read_online(store, "churn_v1", chunk, now=now, fast=False)
+        pd.testing.assert_frame_equal(fast.features, sdk.features[fast.features.columns])
+        assert fast.freshness_frame().equals(sdk.freshness_frame())
+    lead = read_online(store, "lead_scoring_v1", ["L0", "L3"], now=now)
+    pd.testing.assert_frame_equal(lead.features, read_online(store, "lead_scoring_v1", ["L0", "L3"], now=now, fast=False).features)
+
+
+def test_frame_builder_matches_pandas() -> None:
+    from features.online import _frame
+
+    cases = [
+        {"a": ["C1", "C2"], "b": [1, 2], "c": [1.5, None], "d": [1, None], "e": [None, None], "f": ["x", None],
+         "g": [1, 2.5], "h": [float("nan"), -0.0], "i": [2**62, -1]},
+        {"a": ["C1"], "b": [3], "c": [None], "d": [1.0]},
+        {"a": [], "b": []},
+        {"a": ["C1"], "b": [True]},
+        {"a": ["x", 1]},
+    ]
+    for columns in cases:
+        n = len(next(iter(columns.values())))
+        pd.testing.assert_frame_equal(_frame(columns, n), pd.DataFrame(columns, index=range(n)))
+    frame = _frame(cases[0], 2)
+    frame.loc[0, "b"] = 5  # an ordinary, writable frame
+    assert frame.loc[0, "b"] == 5 and cases[0]["b"] == [1, 2]
