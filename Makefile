@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOME_DIR ?= data
 DEMO_CUSTOMERS ?= 20000
+DEMO_PORT ?= 3000
 PYTEST_ARGS ?=
 
 export CRMSCORE_HOME ?= $(abspath $(HOME_DIR))
@@ -17,12 +18,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,redis,postgres]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,redis,postgres,spark]'
 	touch $@
 
+# The whole flow on a synthetic world (resumable: a rerun skips finished steps), then the
+# service in the foreground with working curl calls printed once it is ready.
 demo: setup
-	$(BIN)/crmscore generate --customers $(DEMO_CUSTOMERS) --seed 1
-	$(BIN)/crmscore validate
+	$(BIN)/crmscore pipeline run --world $(DEMO_CUSTOMERS) --seed 1
+	$(BIN)/crmscore serve --port $(DEMO_PORT) --as-of snapshot --print-examples
 
 # The whole suite, slow tests included (CI runs this). Two workers on two cores, so
 # each one's OpenMP (LightGBM, implicit) gets one thread instead of fighting for two.
@@ -36,8 +39,10 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check features training serving pipelines tests bench
 
+# Each script prints its figures and rewrites its own section of BENCHMARKS.md.
+# Heavy: 1M-customer worlds; run them on an otherwise idle machine.
 bench: setup
-	$(BIN)/python bench/bench_data.py
+	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(HOME_DIR) .pytest_cache

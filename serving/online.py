@@ -1,0 +1,145 @@
+"""Online features on the request path: ``features.online.read_online``, shaped for scoring.
+
+``read_online`` (the project's one online read, with per-view freshness) returns
+a DataFrame; scoring wants per-feature arrays and, per requested id, whether a
+row was found, its age and a stale flag. This adapter does that, and turns the
+store's own exceptions (connection refused, locked, missing table) into
+``StoreUnavailable`` so the service answers 503 instead of 500.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.errors import CrmscoreError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+PROBE_ID = "__crmscore_readyz_probe__"
+
+
+class StoreUnavailable(Exception):
+    """The online store did not answer."""
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the store is down", as opposed to a bug in this code."""
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError, TimeoutError]
+    try:
+        import redis
+
+        errors.append(redis.exceptions.RedisError)
+    except ImportError:  # the redis extra is not installed: local profile only
+        pass
+    try:
+        import sqlalchemy
+
+        errors.append(sqlalchemy.exc.SQLAlchemyError)  # the SQL registry (redis profile)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Feature values of a batch, one entry per requested id, in request order."""
+
+    ids: list[str]
+    values: Mapping[str, Any]  # feature -> numpy array (or list) of n values
+    found: list[bool]  # a row in every view read
+    age_seconds: list[float | None]  # the oldest view row's age; None when a view had none
+    stale: list[bool]  # missing, or older than its view's TTL
+
+
+class OnlineReader:
+    """One feature service, optionally only some of its views.
+
+    ``fixed_keys`` supplies the other join keys of a multi-entity service (the
+    next-best-product service is keyed by customer *and* product; the service
+    reads the customer's half with one anchor product).
+    """
+
+    def __init__(self, store: FeatureStore, service: str, views: Sequence[str] | None = None,
+                 fixed_keys: Mapping[str, str] | None = None) -> None:
+        from feast.errors import FeatureServiceNotFoundException
+
+        self.store = store
+        self.service = service
+        self.fixed_keys = dict(fixed_keys or {})
+        self._errors = _store_errors()
+        # Feast's SQLite connection is shared by the request threads: one read at a time.
+        self._lock = threading.Lock()
+        try:
+            fs = store.get_feature_service(service, allow_cache=True)
+        except FeatureServiceNotFoundException:
+            raise CrmscoreError(f"feature service {service!r} is not registered; run `crmscore features apply`") from None
+        projections = [p for p in fs.feature_view_projections if views is None or p.name_to_use() in views]
+        if not projections:
+            raise CrmscoreError(f"{service} has none of the views {list(views or [])}")
+        self.views = [p.name_to_use() for p in projections]
+        self.features = [f.name for p in projections for f in p.features]
+        keys = {c.name for p in projections for c in store.get_feature_view(p.name).entity_columns}
+        keys -= set(self.fixed_keys)
+        if len(keys) != 1:
+            raise CrmscoreError(f"{service}: expected one join key besides {list(self.fixed_keys)}, found {keys}")
+        self.join_key = keys.pop()
+
+    def read(self, ids: Sequence[str], now: datetime) -> Rows:
+        """Features for ``ids`` (duplicates allowed) with freshness against ``now``; raises
+        ``StoreUnavailable`` when the store does not answer."""
+        from features.online import read_online
+
+        ids = [str(i) for i in ids]
+        entity: Any = ids
+        if self.fixed_keys:
+            entity = {self.join_key: ids, **{k: [v] * len(ids) for k, v in self.fixed_keys.items()}}
+        try:
+            with self._lock:
+                result = read_online(self.store, self.service, entity, now=now)
+        except self._errors as exc:
+            raise StoreUnavailable(f"online store unavailable ({exc.__class__.__name__})") from exc
+        except CrmscoreError as exc:  # e.g. the service was removed from the registry
+            raise StoreUnavailable(str(exc)) from exc
+        values = _columns(result.features, self.features)
+        fresh = [result.freshness[v] for v in self.views]
+        found = [all(f.found[i] for f in fresh) for i in range(len(ids))]
+        stale = [any(f.stale[i] for f in fresh) for i in range(len(ids))]
+        ages: list[float | None] = []
+        for i in range(len(ids)):
+            row = [f.age_seconds[i] for f in fresh]
+            ages.append(None if any(a is None for a in row) else max(0.0, max(row)))  # type: ignore[type-var]
+        return Rows(ids=ids, values=values, found=found, age_seconds=ages, stale=stale)
+
+    def probe(self) -> None:
+        """Read an id that does not exist: raises ``StoreUnavailable`` if the store is down."""
+        self.read([PROBE_ID], datetime.now(UTC))
+
+
+def _columns(frame: Any, names: list[str]) -> dict[str, Any]:
+    """The frame's columns as numpy arrays, straight from its blocks.
+
+    ``frame[name]`` builds a Series per column: ~0.2 ms for a 37-feature row, more
+    than the model takes to score it. The blocks already are the arrays; any change
+    in pandas' internals falls back to the public path.
+    """
+    try:
+        columns = list(frame.columns)
+        out: dict[str, Any] = {}
+        for block in frame._mgr.blocks:
+            values = block.values
+            for row, j in enumerate(block.mgr_locs.as_array):
+                # 2-D numpy blocks hold one column per row; anything else (an extension
+                # array) is one column: take it the public way.
+                two_d = isinstance(values, np.ndarray) and values.ndim == 2
+                out[columns[j]] = values[row] if two_d else frame.iloc[:, j].to_numpy()
+        return {name: out[name] for name in names}
+    except Exception:  # noqa: BLE001  (pandas internals moved: the public path is exact)
+        return {name: frame[name].to_numpy() for name in names}

@@ -1,0 +1,409 @@
+"""The predictor behind the HTTP service: champions + online store -> answers.
+
+Nothing here knows about HTTP or BentoML (``serving/service.py`` is a thin
+layer over it), so the business rules — per-item status, new-lead defaults,
+freshness, cold start — are tested directly. It raises ``Unavailable`` (the
+service answers 503) when a model or the online store cannot answer, and
+``BadRequest`` (400) for input the schemas cannot rule out on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from features.catalog import JOIN_KEYS, VIEW_NAMES
+from features.store import Profile
+from pipelines.contract import COMPANY_SIZES, JOB_SENIORITIES
+from pipelines.errors import CrmscoreError
+from pipelines.workspace import Workspace
+from serving.champions import Champions, Loaded, Slot
+from serving.online import OnlineReader, Rows, StoreUnavailable
+from serving.schemas import (
+    ChurnRisk,
+    ChurnRiskRequest,
+    ChurnRiskResponse,
+    CustomerProducts,
+    LeadScore,
+    LeadScoreRequest,
+    LeadScoreResponse,
+    LoadedModel,
+    ModelInfo,
+    NewLead,
+    NextBestProductsRequest,
+    NextBestProductsResponse,
+    ProductRecommendation,
+    Reason,
+    Reasons,
+    ReloadResponse,
+)
+from serving.scoring import BinaryScorer, Scored
+
+log = logging.getLogger(__name__)
+
+CHURN, LEAD, NBP = "crm-churn", "crm-lead-scoring", "crm-next-best-product"
+#: Short names for --models / CRMSCORE_SERVE_MODELS.
+MODEL_KEYS: dict[str, str] = {"churn": CHURN, "lead": LEAD, "nbp": NBP}
+#: The customer feature the recommender's popularity fallback needs for unknown customers.
+NBP_SEGMENT = "segment"
+NBP_SERVICE = "next_best_product_v1"
+
+PROFILE_ENV = "CRMSCORE_PROFILE"
+PROJECT_ENV = "CRMSCORE_FEAST_PROJECT"
+MODELS_ENV = "CRMSCORE_SERVE_MODELS"
+RELOAD_ENV = "CRMSCORE_RELOAD_SECONDS"
+AS_OF_ENV = "CRMSCORE_AS_OF"
+#: How long a good store probe is trusted by /readyz (probes run on every poll by Kubernetes).
+PROBE_TTL_SECONDS = 1.0
+
+
+class Unavailable(Exception):
+    """A model or the online store cannot answer now (HTTP 503)."""
+
+
+class BadRequest(Exception):
+    """Input the schemas accept but the model cannot use (HTTP 400)."""
+
+
+class ServingSettings(BaseModel):
+    """Where the service reads from, resolved from the environment at start."""
+
+    home: Path
+    profile: Profile = Profile.LOCAL
+    feast_project: str | None = None
+    models: list[str] = Field(default_factory=lambda: list(MODEL_KEYS))
+    reload_seconds: float = 30.0
+    #: Freshness is measured against this instant instead of the wall clock (replaying a
+    #: historical or synthetic world); None = now.
+    as_of: datetime | None = None
+
+    @classmethod
+    def from_env(cls) -> ServingSettings:
+        ws = Workspace.from_env()
+        models = [m.strip() for m in (os.environ.get(MODELS_ENV) or ",".join(MODEL_KEYS)).split(",") if m.strip()]
+        unknown = [m for m in models if m not in MODEL_KEYS]
+        if unknown:
+            raise CrmscoreError(f"{MODELS_ENV}: unknown models {unknown}; expected {', '.join(MODEL_KEYS)}")
+        return cls(
+            home=ws.home,
+            profile=Profile(os.environ.get(PROFILE_ENV) or Profile.LOCAL),
+            feast_project=os.environ.get(PROJECT_ENV) or None,
+            models=models,
+            reload_seconds=float(os.environ.get(RELOAD_ENV) or 30.0),
+            as_of=resolve_as_of(os.environ.get(AS_OF_ENV), ws),
+        )
+
+
+def resolve_as_of(value: str | None, ws: Workspace) -> datetime | None:
+    """``None``/``now`` -> wall clock; ``snapshot`` -> the newest feature snapshot; else ISO 8601."""
+    if not value or value == "now":
+        return None
+    if value == "snapshot":
+        from features.build import read_build_summary
+
+        return max(read_build_summary(ws.feature_tables).as_of)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise CrmscoreError(f"{AS_OF_ENV}={value!r}: expected now, snapshot or an ISO 8601 time") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class BinaryBundle:
+    scorer: BinaryScorer
+    reader: OnlineReader
+
+
+@dataclass(frozen=True)
+class NbpBundle:
+    recommender: Any  # training.nbp.Recommender
+    reader: OnlineReader
+
+
+class Predictor:
+    """Loads the champions and the online store once; answers the three business questions."""
+
+    def __init__(self, settings: ServingSettings, store: Any = None, client: Any = None) -> None:
+        from features.store import feature_store
+        from training.registry import configure_mlflow
+
+        self.settings = settings
+        self.ws = Workspace(settings.home)
+        extra = {"project": settings.feast_project} if settings.feast_project else {}
+        self.store = store if store is not None else feature_store(self.ws, settings.profile, **extra)
+        self.client = client if client is not None else configure_mlflow()
+        # Loading downloads artifacts through MLflow's process-wide URI: pin ours, so nothing
+        # else in the process (a test, a notebook) can point a reload at another registry.
+        self.registry_uri = self.client._registry_uri
+        loaders: dict[str, Callable[[str], Loaded[Any]]] = {
+            CHURN: self._binary_loader(CHURN), LEAD: self._binary_loader(LEAD), NBP: self._load_nbp,
+        }
+        slots = [Slot(MODEL_KEYS[k], loaders[MODEL_KEYS[k]]) for k in settings.models]
+        self.champions = Champions(self.client, slots)
+        self._store_ok: bool | None = None
+        self._probed_at = 0.0
+        self._store_lock = threading.Lock()
+        started = time.perf_counter()
+        self.champions.refresh()
+        log.info("predictor ready in %.1fs: %s (profile %s, freshness against %s)", time.perf_counter() - started,
+                 ", ".join(f"{s.name} v{s.current.version}" if s.current else f"{s.name} (none: {s.error})"
+                           for s in self.champions.slots.values()),
+                 settings.profile.value, settings.as_of.isoformat() if settings.as_of else "the wall clock")
+
+    # --- loading ------------------------------------------------------------------
+
+    def _binary_loader(self, name: str) -> Callable[[str], Loaded[BinaryBundle]]:
+        def load(version: str) -> Loaded[BinaryBundle]:
+            from training.model import load_model
+
+            self._pin_registry()
+            model = load_model(name, version=version, client=self.client)
+            reader = OnlineReader(self.store, model.spec.feature_service)
+            missing = [f for f in model.spec.features if f not in reader.features]
+            if missing:
+                # A champion that needs features the store does not serve would answer NaN for
+                # them silently: refuse it and keep the current one.
+                raise CrmscoreError(f"{name} v{version} needs features {model.spec.feature_service} "
+                                    f"does not serve: {', '.join(missing[:10])}")
+            return Loaded(name, version, self.champions.alias, BinaryBundle(BinaryScorer(model), reader))
+
+        return load
+
+    def _load_nbp(self, version: str) -> Loaded[NbpBundle]:
+        from training.nbp import load_recommender
+
+        self._pin_registry()
+        lake = self.ws.lake if self.ws.lake.exists() else None
+        # With the lake, ownership and order counts are as of the latest orders, not the
+        # training cutoff: an owned one-off product is never recommended.
+        recommender = load_recommender(version=version, client=self.client, lake=lake)
+        # The NBP feature service is keyed by (customer, product); the customer's half is read
+        # with one anchor product (any: its product row is not used).
+        reader = OnlineReader(self.store, NBP_SERVICE, views=[VIEW_NAMES["customer"]],
+                              fixed_keys={JOIN_KEYS["product"]: str(recommender.product_ids[0])})
+        return Loaded(NBP, version, self.champions.alias, NbpBundle(recommender, reader))
+
+    def _pin_registry(self) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.registry_uri)
+        mlflow.set_registry_uri(self.registry_uri)
+
+    def reload(self) -> ReloadResponse:
+        changed = self.champions.refresh()
+        return ReloadResponse(changed=changed, models=self.loaded_models())
+
+    def loaded_models(self) -> list[LoadedModel]:
+        out = []
+        for slot in self.champions.slots.values():
+            cur = slot.current
+            out.append(LoadedModel(name=slot.name, version=cur.version if cur else None,
+                                   alias=cur.alias if cur else None, loaded_at=cur.loaded_at if cur else None,
+                                   error=slot.error))
+        return out
+
+    def close(self) -> None:
+        self.champions.stop()
+
+    # --- health ---------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Every champion loaded and the online store answering (probed at most once a second)."""
+        if not self.champions.ready():
+            return False
+        if self._store_ok and time.monotonic() - self._probed_at < PROBE_TTL_SECONDS:
+            return True
+        current = next(s.current for s in self.champions.slots.values() if s.current is not None)
+        try:
+            current.value.reader.probe()
+        except StoreUnavailable:
+            self._mark_store(False)
+            return False
+        self._mark_store(True)
+        return True
+
+    def _mark_store(self, ok: bool) -> None:
+        with self._store_lock:
+            if ok != self._store_ok:
+                (log.info if ok else log.error)("online store %s", "answering" if ok else "unavailable")
+            self._store_ok = ok
+            self._probed_at = time.monotonic()
+
+    def now(self) -> datetime:
+        return self.settings.as_of or datetime.now(UTC)
+
+    def _read(self, reader: OnlineReader, ids: Sequence[str]) -> Rows:
+        try:
+            rows = reader.read(ids, self.now())
+        except StoreUnavailable as exc:
+            self._mark_store(False)
+            raise Unavailable(f"{exc}; retry shortly") from None
+        if not self._store_ok:
+            self._mark_store(True)
+        return rows
+
+    def _champion(self, name: str) -> Loaded[Any]:
+        slot = self.champions.slots.get(name)
+        if slot is None:
+            raise Unavailable(f"{name} is not served by this instance (see --models)")
+        current = slot.current  # read once: a swap during this request does not affect it
+        if current is None:
+            raise Unavailable(f"{name} is not available: {slot.error or 'not loaded'}")
+        return current
+
+    # --- the three questions --------------------------------------------------------------
+
+    def churn_risk(self, request: ChurnRiskRequest) -> ChurnRiskResponse:
+        loaded = self._champion(CHURN)
+        bundle: BinaryBundle = loaded.value
+        rows = self._read(bundle.reader, request.customer_ids)
+        scored = bundle.scorer.score(rows.values, len(rows.ids), request.explain)
+        results = [
+            ChurnRisk(customer_id=cid, band=scored.grade[i] if rows.found[i] else None,
+                      **_scored_fields(scored, rows, i, request.explain))
+            for i, cid in enumerate(rows.ids)
+        ]
+        return ChurnRiskResponse(model=_info(loaded), results=results)
+
+    def lead_score(self, request: LeadScoreRequest) -> LeadScoreResponse:
+        loaded = self._champion(LEAD)
+        bundle: BinaryBundle = loaded.value
+        n = len(request.leads)
+        known = [i for i, lead in enumerate(request.leads) if lead.lead_id is not None]
+        features = list(bundle.scorer.spec.features)
+        values: dict[str, list[Any]] = {f: [None] * n for f in features}
+        found, stale = [True] * n, [False] * n
+        ages: list[float | None] = [0.0] * n
+        defaulted: list[list[str] | None] = [None] * n
+        if known:
+            rows = self._read(bundle.reader, [request.leads[i].lead_id for i in known])  # type: ignore[misc]
+            for f in features:
+                column, source = values[f], rows.values.get(f)
+                if source is not None:
+                    for j, i in enumerate(known):
+                        column[i] = source[j]
+            for j, i in enumerate(known):
+                found[i], stale[i], ages[i] = rows.found[j], rows.stale[j], rows.age_seconds[j]
+        now = self.now()
+        for i, lead in enumerate(request.leads):
+            if lead.attributes is None:
+                continue
+            row, defaulted[i] = new_lead_features(lead.attributes, features, now, index=i)
+            for f in features:
+                values[f][i] = row[f]
+        scored = bundle.scorer.score(values, n, request.explain)
+        rows_view = Rows(ids=[], values=values, found=found, age_seconds=ages, stale=stale)
+        results = []
+        for i, lead in enumerate(request.leads):
+            fields = _scored_fields(scored, rows_view, i, request.explain)
+            if lead.attributes is not None:
+                # Scored from the request alone: no stored history, so it is a cold start.
+                fields.update(cold_start=True, stale=False, feature_age_seconds=0.0)
+            results.append(LeadScore(lead_id=lead.lead_id, grade=scored.grade[i] if found[i] else None,
+                                     defaulted=defaulted[i], **fields))
+        return LeadScoreResponse(model=_info(loaded), results=results)
+
+    def next_best_products(self, request: NextBestProductsRequest) -> NextBestProductsResponse:
+        loaded = self._champion(NBP)
+        bundle: NbpBundle = loaded.value
+        rec = bundle.recommender
+        ids = list(request.customer_ids)
+        rows = self._read(bundle.reader, ids)
+        known = rec.customer_rows(ids) >= 0
+        # The fallback for customers the model never saw ranks by their segment's popularity:
+        # the segment comes from the online store.
+        segment_column = rows.values.get(NBP_SEGMENT, [None] * len(ids))
+        segments = {c: s for c, s, k in zip(ids, segment_column, known, strict=True) if not k and isinstance(s, str)}
+        answers = rec.recommend(ids, k=request.k, exclude=list(request.exclude) or None, segments=segments or None)
+        results = []
+        for i, answer in enumerate(answers):
+            if not known[i] and not rows.found[i]:
+                status, items = "not_found", []
+            else:
+                status = "stale_features" if answer.cold_start and rows.stale[i] else "ok"
+                items = [ProductRecommendation(product_id=r.product_id, score=r.score, reason=r.reason,
+                                               reason_product_id=r.reason_product_id) for r in answer.items]
+            results.append(CustomerProducts(customer_id=ids[i], status=status, items=items,
+                                            feature_age_seconds=rows.age_seconds[i], stale=rows.stale[i],
+                                            cold_start=bool(answer.cold_start) and status != "not_found"))
+        return NextBestProductsResponse(model=_info(loaded), results=results)
+
+
+def _info(loaded: Loaded[Any]) -> ModelInfo:
+    return ModelInfo(name=loaded.name, version=loaded.version, alias=loaded.alias)
+
+
+def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool) -> dict[str, Any]:
+    if not rows.found[i]:
+        return {"status": "not_found", "stale": True, "cold_start": False, "feature_age_seconds": None}
+    reasons = None
+    if explain and scored.reasons is not None:
+        r = scored.reasons[i]
+        reasons = Reasons(up=[Reason(feature=x.feature, value=x.value, impact=x.impact) for x in r["up"]],
+                          down=[Reason(feature=x.feature, value=x.value, impact=x.impact) for x in r["down"]])
+    return {
+        "status": "stale_features" if rows.stale[i] else "ok",
+        "probability": float(scored.probability[i]),
+        "score": int(scored.score[i]),
+        "reasons": reasons,
+        "feature_age_seconds": rows.age_seconds[i],
+        "stale": rows.stale[i],
+        "cold_start": False,
+    }
+
+
+# --- brand-new leads -------------------------------------------------------------------
+
+#: Lead attributes a request may give, as the feature of the same name.
+NEW_LEAD_ATTRIBUTES = ("source", "country", "industry", "company_size", "job_seniority")
+#: Unknown unless given (None), rather than 0: no activity ever, and ranks of attributes not given.
+NEW_LEAD_NONE = frozenset({"days_since_last_activity", "company_size_rank", "job_seniority_rank"})
+
+
+def new_lead_defaults() -> dict[str, Any]:
+    """Feature values of a lead with no recorded activity: counts 0, 'days since' unknown."""
+    from features.catalog import FEATURES
+
+    out: dict[str, Any] = {}
+    for spec in FEATURES["lead"]:
+        if spec.kind == "str" or spec.name in NEW_LEAD_NONE:
+            out[spec.name] = None
+        else:
+            out[spec.name] = 0 if spec.kind == "int" else 0.0
+    return out
+
+
+_DEFAULTS: dict[str, Any] | None = None
+
+
+def new_lead_features(lead: NewLead, features: list[str], now: datetime, index: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """The feature row of a lead that is not in the store, and the features that were defaulted."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = new_lead_defaults()
+    given: dict[str, Any] = {a: getattr(lead, a) for a in NEW_LEAD_ATTRIBUTES if getattr(lead, a) is not None}
+    if lead.company_size is not None:
+        given["company_size_rank"] = COMPANY_SIZES.index(lead.company_size)
+    if lead.job_seniority is not None:
+        given["job_seniority_rank"] = JOB_SENIORITIES.index(lead.job_seniority)
+    if lead.created_at is not None:
+        given["days_since_created"] = max((now - lead.created_at).total_seconds() / 86_400, 0.0)
+    for name, value in lead.custom.items():
+        column = f"attr_{name}"
+        if column not in features:
+            known = sorted(f.removeprefix("attr_") for f in features if f.startswith("attr_"))
+            raise BadRequest(f"leads[{index}].attributes.custom: the model has no custom attribute "
+                             f"{name!r} (it knows: {', '.join(known) or 'none'})")
+        given[column] = value
+    row = {f: given[f] if f in given else _DEFAULTS.get(f) for f in features}
+    return row, [f for f in features if f not in given]

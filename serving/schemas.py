@@ -1,0 +1,209 @@
+"""Request and response schemas of the prediction service (the API contract).
+
+Every request model forbids unknown fields and hides input values from its
+validation errors, because BentoML logs validation failures with their
+traceback: an error must never copy what a client sent (ids, attributes) into
+the logs. Lists are bounded (1–1,000 ids), numbers must be finite, and ids are
+short printable strings, so malformed input is a 400 with a message before any
+model or store is touched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from pipelines.contract import COMPANY_SIZES, JOB_SENIORITIES
+
+#: The most ids (or leads) one call may carry: bigger jobs belong to batch scoring.
+MAX_BATCH = 1000
+#: Recommendations per customer.
+MAX_K = 50
+
+EntityId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Status = Literal["ok", "not_found", "stale_features"]
+CompanySize = Literal[COMPANY_SIZES]  # type: ignore[valid-type]
+JobSeniority = Literal[JOB_SENIORITIES]  # type: ignore[valid-type]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- what every answer carries -------------------------------------------------------
+
+
+class ModelInfo(_Response):
+    """The registered model version that answered (the champion when it was read)."""
+
+    name: str
+    version: str
+    alias: str | None
+
+
+class Reason(_Response):
+    """One feature's push on this score, in log-odds (LightGBM ``pred_contrib``)."""
+
+    feature: str
+    value: str | int | float | bool | None
+    impact: float
+
+
+class Reasons(_Response):
+    up: list[Reason]
+    down: list[Reason]
+
+
+class _Scored(_Response):
+    status: Status = Field(
+        description="ok | not_found (no online features: nothing scored) | "
+        "stale_features (scored, but the features are older than their TTL)"
+    )
+    probability: float | None = Field(None, description="calibrated probability")
+    score: int | None = Field(None, ge=1, le=99)
+    reasons: Reasons | None = Field(None, description="null when explain is false or not scored")
+    feature_age_seconds: float | None = Field(
+        None, description="age of the oldest feature row used; null when there was none"
+    )
+    stale: bool = Field(description="a feature row is older than its view's TTL, or missing")
+    cold_start: bool = Field(description="the answer is a fallback (no history for this entity)")
+
+
+# --- churn risk -------------------------------------------------------------------
+
+
+class ChurnRiskRequest(_Request):
+    customer_ids: list[EntityId] = Field(min_length=1, max_length=MAX_BATCH)
+    explain: bool = Field(True, description="false skips the reasons (faster)")
+
+
+class _CustomerRef(_Response):
+    customer_id: str
+
+
+class _LeadRef(_Response):
+    lead_id: str | None = Field(description="null for a new lead given by attributes")
+
+
+# (Bases in this order put the id first in the JSON: pydantic lists base fields in reverse MRO.)
+class ChurnRisk(_Scored, _CustomerRef):
+    band: Literal["low", "medium", "high"] | None = None
+
+
+class ChurnRiskResponse(_Response):
+    model: ModelInfo
+    results: list[ChurnRisk] = Field(description="one per requested id, in request order")
+
+
+# --- lead scoring -------------------------------------------------------------------
+
+
+class NewLead(_Request):
+    """A lead that is not in the online store yet: its CRM attributes at creation.
+
+    Anything not given (and every engagement count, which a brand-new lead does
+    not have) is defaulted; the answer lists the defaulted features.
+    """
+
+    source: Label | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    industry: Label | None = None
+    company_size: CompanySize | None = None
+    job_seniority: JobSeniority | None = None
+    created_at: AwareDatetime | None = Field(None, description="default: now")
+    custom: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")], float | Label] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="the lake's declared custom lead attributes, by name (without attr_)",
+    )
+
+
+class LeadInput(_Request):
+    """Either ``lead_id`` (features from the online store) or ``attributes`` (a new lead)."""
+
+    lead_id: EntityId | None = None
+    attributes: NewLead | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> LeadInput:
+        if (self.lead_id is None) == (self.attributes is None):
+            raise ValueError("give either lead_id or attributes, not both or neither")
+        return self
+
+
+class LeadScoreRequest(_Request):
+    leads: list[LeadInput] = Field(min_length=1, max_length=MAX_BATCH)
+    explain: bool = Field(True, description="false skips the reasons (faster)")
+
+
+class LeadScore(_Scored, _LeadRef):
+    grade: Literal["A", "B", "C", "D"] | None = None
+    defaulted: list[str] | None = Field(
+        None, description="new leads: the features the service filled in (not given)"
+    )
+
+
+class LeadScoreResponse(_Response):
+    model: ModelInfo
+    results: list[LeadScore] = Field(description="one per requested lead, in request order")
+
+
+# --- next best products ---------------------------------------------------------------
+
+
+class NextBestProductsRequest(_Request):
+    customer_ids: list[EntityId] = Field(min_length=1, max_length=MAX_BATCH)
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude: list[EntityId] = Field(
+        default_factory=list, max_length=MAX_BATCH, description="product ids never to recommend"
+    )
+
+
+class ProductRecommendation(_Response):
+    product_id: str
+    score: float
+    reason: str
+    reason_product_id: str | None = None
+
+
+class CustomerProducts(_Response):
+    customer_id: str
+    status: Status
+    items: list[ProductRecommendation]
+    feature_age_seconds: float | None = None
+    stale: bool
+    cold_start: bool = Field(description="popularity fallback: the model does not know this customer")
+
+
+class NextBestProductsResponse(_Response):
+    model: ModelInfo
+    results: list[CustomerProducts]
+
+
+# --- admin ---------------------------------------------------------------------------
+
+
+class LoadedModel(_Response):
+    name: str
+    version: str | None
+    alias: str | None
+    loaded_at: datetime | None
+    error: str | None = None
+
+
+class ReloadResponse(_Response):
+    changed: list[str] = Field(description="models whose champion was swapped in by this call")
+    models: list[LoadedModel]
+
+
+class ErrorResponse(_Response):
+    error: str

@@ -1,0 +1,396 @@
+"""The prediction service in process, on a tiny trained world (tests/conftest_serving.py):
+every endpoint and error path over BentoML's own ASGI app, the online reader and the
+encoder against Feast and the model, store outages, hot reload and what reaches the logs."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.auth import create_key
+from tests.conftest_serving import ServingWorld, private_registry
+
+pytest_plugins = ["tests.conftest_serving"]
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Http:
+    client: Any  # starlette TestClient over CrmScoring.to_asgi()
+    score_key: str
+    admin_key: str
+
+    def post(self, path: str, body: Any = None, key: str | None = "score", **kw: Any) -> Any:
+        headers = kw.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {self.admin_key if key == 'admin' else self.score_key}"
+        return self.client.post(path, json=body, headers=headers, **kw)
+
+
+def _env(mp: pytest.MonkeyPatch, world: ServingWorld, keys: Path, **extra: str) -> None:
+    from training.registry import configure_mlflow
+
+    for name, value in {**world.env(), "CRMSCORE_KEYS_FILE": str(keys), **extra}.items():
+        mp.setenv(name, value)
+    configure_mlflow()
+
+
+@pytest.fixture(scope="module")
+def http(serving_world: ServingWorld, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http]:
+    from starlette.testclient import TestClient
+
+    from serving.service import CrmScoring
+
+    keys = tmp_path_factory.mktemp("keys") / "api_keys.json"
+    score, _ = create_key(keys, "score")
+    admin, _ = create_key(keys, "admin")
+    with pytest.MonkeyPatch.context() as mp:
+        _env(mp, serving_world, keys)
+        with TestClient(CrmScoring.to_asgi()) as client:
+            yield Http(client, score, admin)
+
+
+# --- the three questions ------------------------------------------------------------------
+
+
+def test_churn_risk_scores_known_ids_and_flags_unknown_ones(http: Http, serving_world: ServingWorld) -> None:
+    ids = serving_world.customer_ids[:3]
+    response = http.post("/churn_risk", {"customer_ids": [*ids, "C-does-not-exist", ids[0]]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == {"name": "crm-churn", "version": "1", "alias": "champion"}
+    results = body["results"]
+    assert [r["customer_id"] for r in results] == [*ids, "C-does-not-exist", ids[0]]
+    for r in results[:3]:
+        assert r["status"] == "ok" and r["stale"] is False and r["cold_start"] is False
+        assert 0 < r["probability"] < 1 and 1 <= r["score"] <= 99 and r["band"] in ("low", "medium", "high")
+        assert r["feature_age_seconds"] == 0.0  # freshness against the newest snapshot (CRMSCORE_AS_OF)
+        up, down = r["reasons"]["up"], r["reasons"]["down"]
+        assert 0 < len(up) + len(down) and len(up) <= 3 and len(down) <= 3
+        assert all(x["impact"] > 0 for x in up) and all(x["impact"] < 0 for x in down)
+        assert [x["impact"] for x in up] == sorted((x["impact"] for x in up), reverse=True)
+    missing = results[3]
+    assert missing == {"customer_id": "C-does-not-exist", "status": "not_found", "probability": None,
+                       "score": None, "reasons": None, "feature_age_seconds": None, "stale": True,
+                       "cold_start": False, "band": None}
+    assert results[4] == results[0]  # a repeated id gets the same answer
+
+    fast = http.post("/churn_risk", {"customer_ids": ids, "explain": False}).json()["results"]
+    assert all(r["reasons"] is None for r in fast)
+    assert [r["probability"] for r in fast] == [r["probability"] for r in results[:3]]
+
+
+def test_stale_features_are_scored_and_flagged(serving_world: ServingWorld, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.predictor import Predictor, ServingSettings
+    from serving.schemas import ChurnRiskRequest
+
+    _env(monkeypatch, serving_world, tmp_path / "k.json", CRMSCORE_AS_OF="2100-01-01T00:00:00Z",
+         CRMSCORE_SERVE_MODELS="churn")
+    predictor = Predictor(ServingSettings.from_env())
+    result = predictor.churn_risk(ChurnRiskRequest(customer_ids=serving_world.customer_ids[:1])).results[0]
+    assert result.status == "stale_features" and result.stale and result.probability is not None
+    assert result.feature_age_seconds > 14 * 86_400
+
+
+def test_lead_score_by_id_and_for_a_brand_new_lead(http: Http, serving_world: ServingWorld) -> None:
+    lead_id = serving_world.lead_ids[0]
+    new = {"source": "webinar", "country": "DE", "company_size": "51-200", "job_seniority": "director"}
+    response = http.post("/lead_score", {"leads": [{"lead_id": lead_id}, {"attributes": new},
+                                                   {"lead_id": "L-nobody"}]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["name"] == "crm-lead-scoring" and body["model"]["version"] == "1"
+    known, fresh, nobody = body["results"]
+    assert known["lead_id"] == lead_id and known["status"] == "ok" and known["grade"] in "ABCD"
+    assert known["cold_start"] is False and known["defaulted"] is None
+    assert fresh["lead_id"] is None and fresh["status"] == "ok" and fresh["cold_start"] is True
+    assert fresh["grade"] in "ABCD" and 0 < fresh["probability"] < 1
+    assert {"activities_30d", "days_since_last_activity", "days_since_created"} <= set(fresh["defaulted"])
+    assert not {"source", "country", "company_size", "company_size_rank", "job_seniority"} & set(fresh["defaulted"])
+    assert nobody["status"] == "not_found" and nobody["grade"] is None
+
+
+def test_an_unknown_custom_attribute_is_a_400_with_the_reason(http: Http) -> None:
+    response = http.post("/lead_score", {"leads": [{"attributes": {"source": "web"}},
+                                                   {"attributes": {"custom": {"shoe_size": 44}}}]})
+    assert response.status_code == 400
+    assert "leads[1]" in response.json()["error"] and "shoe_size" in response.json()["error"]
+
+
+def test_next_best_products(http: Http, serving_world: ServingWorld) -> None:
+    ids = serving_world.customer_ids[:5]
+    body = http.post("/next_best_products", {"customer_ids": [*ids, "C-nobody"], "k": 3}).json()
+    assert body["model"]["name"] == "crm-next-best-product" and body["model"]["version"] == "1"
+    results = body["results"]
+    for r in results[:5]:
+        assert r["status"] in ("ok", "stale_features") and 1 <= len(r["items"]) <= 3
+        assert all(item["reason"] for item in r["items"])
+        scores = [item["score"] for item in r["items"]]
+        assert scores == sorted(scores, reverse=True)
+    assert results[5] == {"customer_id": "C-nobody", "status": "not_found", "items": [],
+                          "feature_age_seconds": None, "stale": True, "cold_start": False}
+    top = [r["items"][0]["product_id"] for r in results[:5]]
+    again = http.post("/next_best_products", {"customer_ids": ids, "k": 3, "exclude": top}).json()["results"]
+    assert all(not set(top) & {i["product_id"] for i in r["items"]} for r in again)
+
+
+# --- bad input: a 4xx with a message, never a 500 ------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "payload"), [
+    ("/churn_risk", b"{not json"),
+    ("/churn_risk", b""),
+    ("/churn_risk", b'{"customer_ids": "C1"}'),
+    ("/churn_risk", b'{"customer_ids": []}'),
+    ("/churn_risk", b'{"customer_ids": ["C1"], "explain": "perhaps"}'),
+    ("/churn_risk", b'{"customer_ids": [' + b",".join([b'"C1"'] * 1001) + b"]}"),
+    ("/churn_risk", b'{"customer_ids": ["C1"], "url": "http://example.com/x.pkl"}'),
+    ("/lead_score", b'{"leads": []}'),
+    ("/lead_score", b'{"leads": [{"attributes": {"custom": {"score": NaN}}}]}'),
+    ("/lead_score", b'{"leads": [{"attributes": {"custom": {"score": -Infinity}}}]}'),
+    ("/lead_score", b'{"leads": [{"lead_id": "L1", "attributes": {}}]}'),
+    ("/next_best_products", b'{"customer_ids": ["C1"], "k": 0}'),
+    ("/next_best_products", b'{"customer_ids": ["C1"], "k": 51}'),
+    ("/next_best_products", b'{"customer_ids": ["C1"], "exclude": "P1"}'),
+])
+def test_bad_input_is_a_400_with_a_message(http: Http, path: str, payload: bytes) -> None:
+    response = http.client.post(path, content=payload, headers={
+        "Authorization": f"Bearer {http.score_key}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]
+
+
+def test_security_status_codes_and_open_endpoints(http: Http) -> None:
+    body = {"customer_ids": ["C1"]}
+    assert http.post("/churn_risk", body, key=None).status_code == 401
+    assert http.client.post("/churn_risk", json=body, headers={"Authorization": "Bearer crm_score_wrong"}).status_code == 401
+    assert http.post("/admin/reload", key="score").status_code == 403
+    assert http.post("/admin/reload", key="admin").status_code == 200
+    assert http.post("/churn_risk", body, key="admin").status_code == 200
+    huge = {"customer_ids": ["C" * 128] * 1000, "pad": "x" * (1 << 20)}
+    assert http.post("/churn_risk", huge).status_code == 413
+    pickle = http.client.post("/churn_risk", content=b"\x80\x04K\x01.", headers={
+        "Authorization": f"Bearer {http.score_key}", "Content-Type": "application/vnd.bentoml+pickle"})
+    assert pickle.status_code == 415
+    for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
+        assert http.client.get(path).status_code == 200, path
+    # (the metrics' content needs the server's multiprocess registry: test_serving_e2e.py checks it)
+    docs = http.client.get("/docs.json").json()
+    assert {"/churn_risk", "/lead_score", "/next_best_products"} <= set(docs["paths"])
+
+
+def test_admin_models_lists_what_is_served(http: Http) -> None:
+    models = http.post("/admin/models", key="admin").json()["models"]
+    assert {(m["name"], m["version"], m["alias"]) for m in models} == {
+        ("crm-churn", "1", "champion"), ("crm-lead-scoring", "1", "champion"),
+        ("crm-next-best-product", "1", "champion")}
+
+
+# --- the request path matches Feast and the model -------------------------------------------
+
+
+def test_reader_returns_what_feast_returns(serving_world: ServingWorld) -> None:
+    from datetime import UTC, datetime
+
+    from features.online import read_online
+    from features.store import feature_store
+    from serving.online import OnlineReader
+
+    store = feature_store(serving_world.ws)
+    ids = [*serving_world.customer_ids[:40], "C-nobody", serving_world.customer_ids[0]]
+    now = datetime(2100, 1, 1, tzinfo=UTC)
+    expected = read_online(store, "churn_v1", ids, now=now, fast=False)
+    rows = OnlineReader(store, "churn_v1").read(ids, now)
+    assert rows.found == [True] * 40 + [False, True]
+    assert rows.stale == expected.stale
+    assert rows.age_seconds == pytest.approx(expected.max_age_seconds)
+    assert set(rows.values) == set(expected.features.columns) - {"customer_id"}
+    for feature, values in rows.values.items():
+        for got, want in zip(values, expected.features[feature].tolist(), strict=True):
+            assert (pd.isna(got) and pd.isna(want)) or got == pytest.approx(want), feature
+
+
+def test_encoder_and_reasons_match_the_scoring_model(serving_world: ServingWorld, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from features.store import feature_store
+    from serving.online import OnlineReader
+    from serving.scoring import BinaryScorer
+    from training.model import load_model
+
+    _env(monkeypatch, serving_world, tmp_path / "k.json")
+    model = load_model("crm-churn")
+    rows = OnlineReader(feature_store(serving_world.ws), "churn_v1").read(serving_world.customer_ids[:25],
+                                                                           datetime.now(UTC))
+    frame = pd.DataFrame(rows.values)
+    scored = BinaryScorer(model).score(rows.values, 25, explain=True)
+    expected = model.score(frame)
+    np.testing.assert_allclose(scored.probability, expected["probability"])
+    assert list(scored.grade) == expected["grade"].tolist() and list(scored.score) == expected["score"].tolist()
+    for got, want in zip(scored.reasons, model.reasons(frame), strict=True):
+        for side in ("up", "down"):
+            assert [(r.feature, r.impact) for r in got[side]] == [(r.feature, pytest.approx(r.impact)) for r in want[side]]
+            for a, b in zip(got[side], want[side], strict=True):
+                assert a.value == b.value or (isinstance(a.value, int | float) and a.value == pytest.approx(b.value))
+
+
+# --- the store goes away and comes back ------------------------------------------------------
+
+
+def test_store_outage_is_a_503_and_readyz_recovers_by_itself(http: Http, serving_world: ServingWorld,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import features.online
+
+    body = {"customer_ids": serving_world.customer_ids[:2]}
+    real = features.online.read_online
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(features.online, "read_online", down)
+    for path in ("/churn_risk", "/next_best_products", "/lead_score"):
+        payload = body if path != "/lead_score" else {"leads": [{"lead_id": serving_world.lead_ids[0]}]}
+        response = http.post(path, payload)
+        assert response.status_code == 503, response.text
+        assert "online store unavailable" in response.json()["error"]
+    time.sleep(1.1)  # past the readiness probe's cache
+    assert http.client.get("/readyz").status_code == 503
+    assert http.client.get("/healthz").status_code == 200  # alive, just not ready
+
+    monkeypatch.setattr(features.online, "read_online", real)
+    assert http.client.get("/readyz").status_code == 200
+    assert http.post("/churn_risk", body).status_code == 200
+
+
+def test_a_model_without_champion_is_a_503_and_not_ready(serving_world: ServingWorld, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+    from serving.predictor import Predictor, ServingSettings, Unavailable
+    from serving.schemas import LeadInput, LeadScoreRequest
+
+    uri = private_registry(serving_world, tmp_path)
+    MlflowClient(uri, uri).delete_registered_model_alias("crm-lead-scoring", "champion")
+    _env(monkeypatch, serving_world, tmp_path / "k.json", MLFLOW_TRACKING_URI=uri, CRMSCORE_SERVE_MODELS="churn,lead")
+    predictor = Predictor(ServingSettings.from_env())
+    assert not predictor.ready()
+    with pytest.raises(Unavailable, match="crm-lead-scoring is not available: .*has no @champion"):
+        predictor.lead_score(LeadScoreRequest(leads=[LeadInput(lead_id="L1")]))
+    assert predictor.loaded_models()[0].version == "1"
+
+
+# --- hot reload --------------------------------------------------------------------------------
+
+
+def _new_version(uri: str, name: str) -> str:
+    """Register a new version of ``name`` from the current champion's artifacts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri, uri)
+    current = client.get_model_version_by_alias(name, "champion")
+    return str(client.create_model_version(name, source=current.source, run_id=current.run_id).version)
+
+
+def test_hot_reload_swaps_versions_under_load_without_failing_a_request(
+        serving_world: ServingWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, on the predictor (BentoML's metrics allow one app per process; the admin
+    call over real HTTP is in test_serving_e2e.py): an admin reload, then the registry poll."""
+    from mlflow import MlflowClient
+    from serving.predictor import Predictor, ServingSettings
+    from serving.schemas import ChurnRiskRequest
+    from training.registry import promote
+
+    uri = private_registry(serving_world, tmp_path)
+    _env(monkeypatch, serving_world, tmp_path / "k.json", MLFLOW_TRACKING_URI=uri, CRMSCORE_RELOAD_SECONDS="0.3",
+         CRMSCORE_SERVE_MODELS="churn")
+    settings = ServingSettings.from_env()
+    predictor = Predictor(settings)
+    client = MlflowClient(uri, uri)
+    request = ChurnRiskRequest(customer_ids=serving_world.customer_ids[:20])
+    answers: list[tuple[float, str, float]] = []  # (started, version, probability of the first id)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                response = predictor.churn_risk(request)
+            except Exception as exc:  # noqa: BLE001  (any failure is a test failure)
+                errors.append(exc)
+                return
+            answers.append((started, response.model.version, response.results[0].probability))
+
+    workers = [threading.Thread(target=hammer) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.3)
+        v2 = _new_version(uri, "crm-churn")
+        promote(client, "crm-churn", v2, "test: hot reload by admin call")
+        predictor.reload()  # what POST /admin/reload does
+        swapped_at = time.monotonic()
+        assert predictor.champions.get("crm-churn").version == v2
+        time.sleep(0.3)
+        predictor.champions.start_polling(settings.reload_seconds)
+        v3 = _new_version(uri, "crm-churn")
+        promote(client, "crm-churn", v3, "test: hot reload by poll")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and predictor.champions.get("crm-churn").version != v3:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+        predictor.close()
+
+    assert not errors, errors[:1]
+    versions = [v for _, v, _ in answers]
+    assert {"1", v2, v3} <= set(versions) and versions[-1] == v3
+    # A request that started after the swap never answers with the old version.
+    assert all(v != "1" for started, v, _ in answers if started > swapped_at)
+    # Same artifacts, same answers: only the version moved.
+    assert len({p for _, _, p in answers}) == 1
+
+
+# --- nothing private reaches the logs ---------------------------------------------------------
+
+
+def test_logs_never_carry_pii_or_keys(http: Http, serving_world: ServingWorld,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("serving").setLevel(logging.DEBUG)
+    try:
+        ids = serving_world.customer_ids[:5]
+        http.post("/churn_risk", {"customer_ids": ids})
+        http.post("/lead_score", {"leads": [{"lead_id": serving_world.lead_ids[0]},
+                                            {"attributes": {"source": "web", "custom": {"x": 1}}}]})
+        http.post("/next_best_products", {"customer_ids": ids, "k": 5})
+        http.post("/churn_risk", {"customer_ids": ids}, key=None)
+        http.client.post("/churn_risk", json={"customer_ids": ids}, headers={"Authorization": "Bearer crm_score_guess"})
+        http.post("/admin/reload", key="score")
+        http.post("/admin/reload", key="admin")
+        # PII sent by mistake is rejected without being echoed or logged.
+        leaked = serving_world.pii[:3]
+        http.post("/lead_score", {"leads": [{"attributes": {"name": leaked[0], "email": leaked[1]}}]})
+        http.post("/churn_risk", {"customer_ids": leaked[2]})
+    finally:
+        logging.getLogger("serving").setLevel(logging.INFO)
+    text = caplog.text
+    assert "churn_risk" in text  # the logs were captured at all
+    for secret in (http.score_key, http.admin_key, "crm_score_guess"):
+        assert secret not in text
+    for value in serving_world.pii:
+        assert value not in text, "a customer's name, email or phone reached the logs"

@@ -1,0 +1,115 @@
+"""The Redis profile: the predictor reading a real Redis, and an outage it recovers from.
+
+A private ``redis-server`` on a free port (so killing it disturbs no one else),
+filled by ``materialize_latest`` from the tiny world; the Feast registry is a
+copy of the world's file registry (the Redis profile's PostgreSQL registry is
+tested in test_features_redis.py; the online reads are what matter here).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest_serving import ServingWorld
+
+pytest_plugins = ["tests.conftest_serving"]
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.5).ping():
+                    return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self, save: bool = True) -> None:
+        import redis
+
+        if self.proc is None:
+            return
+        if save:
+            redis.Redis(port=self.port).save()  # the restart loads dump.rdb: the data come back with it
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture()
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    pytest.importorskip("redis")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop(save=False)
+
+
+def test_redis_profile_answers_like_sqlite_and_recovers_from_an_outage(
+        serving_world: ServingWorld, private_redis: PrivateRedis, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    from features.store import Profile, StoreSettings, config_dict, materialize_latest
+    from serving.predictor import Predictor, ServingSettings, Unavailable
+    from serving.schemas import ChurnRiskRequest
+    from training.registry import configure_mlflow
+
+    for name, value in serving_world.env().items():
+        monkeypatch.setenv(name, value)
+    configure_mlflow()
+    ws = serving_world.ws
+    registry = tmp_path / "registry.db"
+    shutil.copy(ws.feast / "registry.db", registry)
+    config = config_dict(ws, StoreSettings(profile=Profile.REDIS, redis_url=f"redis://127.0.0.1:{private_redis.port}/0"))
+    config["registry"] = {"registry_type": "file", "path": str(registry)}
+    store = FeatureStore(config=RepoConfig(repo_path=ws.feature_tables, **config))
+    materialize_latest(store, ws.feature_tables)
+
+    settings = ServingSettings.from_env()
+    redis_side = Predictor(settings.model_copy(update={"profile": Profile.REDIS, "models": ["churn", "nbp"]}),
+                           store=store)
+    sqlite_side = Predictor(settings.model_copy(update={"models": ["churn"]}))
+    request = ChurnRiskRequest(customer_ids=[*serving_world.customer_ids[:30], "C-nobody"])
+    assert redis_side.churn_risk(request) == sqlite_side.churn_risk(request)
+    assert redis_side.ready()
+
+    private_redis.stop()
+    with pytest.raises(Unavailable, match=r"online store unavailable \(ConnectionError\)"):
+        redis_side.churn_risk(request)
+    time.sleep(1.1)  # past the readiness probe's cache
+    assert not redis_side.ready()
+
+    private_redis.start()  # same port, same data: the service needs no restart
+    assert redis_side.ready()
+    assert redis_side.churn_risk(request) == sqlite_side.churn_risk(request)
