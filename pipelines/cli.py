@@ -200,6 +200,7 @@ def train(
     ] = "auto",
     window: Annotated[int | None, typer.Option(min=1, help="Label window in days (default 90 / 60 / 30).")] = None,
     tune: Annotated[int, typer.Option(min=0, help="Optuna trials before the final fit (0: none).")] = 0,
+    algorithm: Annotated[str, typer.Option(help="nbp only: als (default) or bpr.")] = "als",
     profile: Annotated[str, typer.Option(help="Feature store profile: local or redis.")] = "local",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
@@ -221,14 +222,16 @@ def train(
         from training.nbp import train_nbp
 
         kwargs = {"window_days": window} if window else {}
-        result = train_nbp(ws.lake, **kwargs)
+        if algorithm not in ("als", "bpr"):
+            raise CrmscoreError(f"--algorithm {algorithm!r}: expected als or bpr")
+        result = train_nbp(ws.lake, algorithm=algorithm, **kwargs)  # type: ignore[arg-type]
     if as_json:
         from training.trainer import result_json
 
         typer.echo(result_json(result))
         return
     overall = result.metrics.get("overall", result.metrics)
-    headline = ", ".join(f"{k}={v:.4f}" for k, v in overall.items() if k in ("roc_auc", "ece", "ndcg@10"))
+    headline = ", ".join(f"{k}={v:.4f}" for k, v in overall.items() if k in ("roc_auc", "ece", "ndcg_at_10"))
     console.print(
         f"{result.model} version {result.version} ({result.alias}): {headline}\n"
         f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}"

@@ -123,7 +123,9 @@ def per_user(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, np.n
 def catalog_coverage(recommended: np.ndarray, k: int, n_items: int) -> float:
     """Share of the catalogue that appears in at least one user's top k."""
     top = np.asarray(recommended)[:, :k]
-    return float(np.unique(top[top >= 0]).size / n_items) if n_items else float("nan")
+    if not n_items:
+        return float("nan")
+    return float(np.count_nonzero(np.bincount(top[top >= 0].ravel(), minlength=n_items)) / n_items)
 
 
 def ranking_metrics(recommended: np.ndarray, relevant: sp.spmatrix, n_items: int,

@@ -6,7 +6,8 @@ reads the .npy/.json artifacts. Nothing is pickled. Do not import this module
 from application code: use ``training.nbp.load_recommender`` instead.
 
 Input: a DataFrame with ``customer_id`` (string) and optionally ``segment``
-(string, for customers the model does not know). Param ``k`` (default 10).
+(string, for customers the model does not know) and ``exclude`` (list of product
+ids never to return for that customer). Param ``k`` (default 10).
 Output: one row per (customer, rank): customer_id, rank, product_id, score,
 reason, reason_product_id, cold_start.
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
+
+import mlflow
 
 
 class NextBestProductModel(PythonModel):
@@ -31,10 +33,13 @@ class NextBestProductModel(PythonModel):
         k = int((params or {}).get("k", 10))
         frame = pd.DataFrame(model_input)
         ids = frame["customer_id"].astype(str).tolist()
-        segments = None
+        segments = exclude = None
         if "segment" in frame.columns:
             segments = {c: str(s) for c, s in zip(ids, frame["segment"], strict=True) if isinstance(s, str) and s}
-        return self.recommender.recommend_all(k=k, customer_ids=ids, segments=segments).to_pandas()
+        if "exclude" in frame.columns:
+            exclude = {c: [str(p) for p in e] for c, e in zip(ids, frame["exclude"], strict=True)
+                       if e is not None and len(e)}
+        return self.recommender.recommend_all(k=k, customer_ids=ids, segments=segments, exclude=exclude).to_pandas()
 
 
 mlflow.models.set_model(NextBestProductModel())

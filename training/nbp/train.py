@@ -14,7 +14,8 @@ import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib.metadata import version as package_version
@@ -23,14 +24,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from pipelines.errors import CrmscoreError
 from training.nbp.interactions import (
+    CUSTOMER_ID,
+    ORDERED_AT,
+    SEGMENT,
+    UNKNOWN_SEGMENT,
     ConfidenceParams,
     LakeData,
     Split,
+    index_of,
     owned_once,
     read_lake,
     time_split,
@@ -57,16 +64,17 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 class NbpParams(BaseModel):
     """Hyper-parameters; defaults chosen on the synthetic world (docs/next-best-product.md)."""
 
-    factors: int = Field(32, ge=2)
+    factors: int = Field(8, ge=2)
     regularization: float = Field(1.0, ge=0)
     iterations: int = Field(15, ge=1)
     #: BPR only.
     learning_rate: float = Field(0.05, gt=0)
     bpr_iterations: int = Field(200, ge=1)
-    alpha: float = Field(10.0, gt=0)
-    half_life_days: float = Field(365.0, gt=0)
-    min_orders: int = Field(1, ge=1)
-    category_boost: float = Field(2.0, ge=0)
+    alpha: float = Field(1.0, gt=0)
+    half_life_days: float = Field(730.0, gt=0)
+    min_orders: int = Field(2, ge=1)
+    category_boost: float = Field(0.0, ge=0)
+    popularity_weight: float = Field(0.1, ge=0)
     random_state: int = 7
     num_threads: int = Field(0, ge=0, description="0 = every core")
 
@@ -100,9 +108,10 @@ def fit_factors(confidence: sp.csr_matrix, algorithm: Algorithm, params: NbpPara
     """(user factors, item factors). BPR's carry a bias column (item bias, user 1)."""
     from threadpoolctl import threadpool_limits
 
-    model = make_model(algorithm, params)
-    # implicit parallelises itself; a multi-threaded BLAS underneath it oversubscribes the cores.
+    # implicit parallelises itself; a multi-threaded BLAS underneath it oversubscribes the cores
+    # (and implicit warns about it when the model is created).
     with threadpool_limits(1, "blas"):
+        model = make_model(algorithm, params)
         model.fit(confidence, show_progress=False)
     return np.ascontiguousarray(model.user_factors), np.ascontiguousarray(model.item_factors)
 
@@ -110,22 +119,23 @@ def fit_factors(confidence: sp.csr_matrix, algorithm: Algorithm, params: NbpPara
 def build_recommender(data: LakeData, split: Split, algorithm: Algorithm, params: NbpParams,
                       user_factors: np.ndarray, item_factors: np.ndarray) -> Recommender:
     cat = data.catalogue
-    segments, popularity = popularity_table(data.orders, data.customers, cat.product_ids, split.cutoff,
-                                            params.half_life_days)
+    segments = sorted(s for s in data.customers[SEGMENT].unique().to_list() if s != UNKNOWN_SEGMENT)
+    seg_rows = index_of(split.train.customer_ids, data.customers[CUSTOMER_ID].to_numpy().astype(str))
+    seg_codes = index_of(data.customers[SEGMENT], np.asarray(segments))
+    customer_segments = np.where(seg_rows >= 0, seg_codes[np.maximum(seg_rows, 0)], -1).astype(np.int16)
+    popularity = popularity_table(split.train.strength(), customer_segments, len(segments))
     categories = sorted({c for c in cat.categories.tolist() if c})
     cat_index = {c: i for i, c in enumerate(categories)}
-    seg_index = {s: i for i, s in enumerate(segments)}
-    seg_of = dict(zip(data.customers["customer_id"].to_list(), data.customers["segment"].to_list(), strict=True))
     spec = NbpSpec(algorithm=algorithm, factors=int(item_factors.shape[1]), regularization=params.regularization,
                    confidence=params.confidence, min_orders=params.min_orders, category_boost=params.category_boost,
+                   popularity_weight=params.popularity_weight,
                    as_of=split.cutoff, window_days=split.window_days, segments=segments, categories=categories)
     return Recommender(
         spec=spec, customer_ids=split.train.customer_ids, product_ids=cat.product_ids, product_names=cat.names,
         product_categories=np.asarray([cat_index.get(c, -1) for c in cat.categories], dtype=np.int64),
         repeatable=cat.repeatable, user_factors=user_factors, item_factors=item_factors,
         history=split.train.confidence, orders=split.train.orders,
-        customer_segments=np.asarray([seg_index.get(seg_of.get(c, ""), -1) for c in split.train.customer_ids],
-                                     dtype=np.int16),
+        customer_segments=customer_segments,
         popularity=popularity, typical_amount=split.typical_amount, typical_quantity=split.typical_quantity,
         num_threads=params.num_threads,
     )
@@ -143,7 +153,8 @@ class Evaluation:
     cold: np.ndarray  # the model's cold-start rows
 
 
-def test_customers(split: Split) -> np.ndarray:
+def evaluated_customers(split: Split) -> np.ndarray:
+    """The ids of the split's test customers."""
     return split.train.customer_ids[split.test_rows]
 
 
@@ -156,16 +167,10 @@ def model_rankings(rec: Recommender, split: Split, data: LakeData, k: int = MAX_
     """
     same = rec.history is split.train.confidence
     if not same:
-        from polars import col
-
-        from training.nbp.interactions import ORDERED_AT
-
-        rec = rec.with_orders(data.orders.filter(col(ORDERED_AT) < split.cutoff), split.cutoff, data.customers)
-    ranked = rec.rank(test_customers(split), k)
+        rec = rec.with_orders(data.orders.filter(pl.col(ORDERED_AT) < split.cutoff), split.cutoff, data.customers)
+    ranked = rec.rank(evaluated_customers(split), k)
     items = ranked.items
     if not same or not np.array_equal(rec.product_ids, data.catalogue.product_ids):
-        from training.nbp.interactions import index_of
-
         mapping = index_of(rec.product_ids, data.catalogue.product_ids)
         items = np.where(items >= 0, mapping[np.maximum(items, 0)], -1)
     return items, ranked.cold
@@ -195,11 +200,11 @@ def oracle_rankings(lake: Path, split: Split, data: LakeData, owned: sp.csr_matr
         from pipelines.synth.truth import load_truth
 
         affinity = load_truth(lake).affinity
-    except Exception as exc:  # a lake with a partial or older truth folder: evaluate without the oracle
-        log.warning("no oracle: cannot read the ground truth of %s (%s)", lake, exc)
+        columns = affinity.product_rows(data.catalogue.product_ids)
+    except Exception as exc:  # noqa: BLE001  (a partial, older or edited truth folder: no oracle)
+        log.warning("no oracle: cannot use the ground truth of %s (%s)", lake, exc)
         return None
-    customers = test_customers(split)
-    columns = affinity.product_rows(data.catalogue.product_ids)
+    customers = evaluated_customers(split)
     out = np.full((len(customers), k), -1, dtype=np.int64)
     for start in range(0, len(customers), BLOCK):
         sl = slice(start, start + BLOCK)
@@ -242,9 +247,9 @@ def load_recommender(alias: str | None = "champion", version: str | None = None,
     With ``lake``, the lake's orders (before ``as_of``, default: all) are folded in:
     current ownership and order counts, and factors for customers the model never saw.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
+    import mlflow
     from training.nbp.recommender import artifact_paths, read_recommender
     from training.registry import configure_mlflow
 
@@ -268,7 +273,7 @@ def load_recommender(alias: str | None = "champion", version: str | None = None,
     return rec
 
 
-def gate(client: Any, lake: Path, split: Split, data: LakeData, new: dict[str, float]) -> tuple[bool, str, dict | None]:
+def gate(client: Any, split: Split, data: LakeData, new: dict[str, float]) -> tuple[bool, str, dict | None]:
     """Promote only if there is no champion or the challenger's NDCG@10 beats it on the same rows."""
     from training.registry import CHAMPION, version_by_alias
 
@@ -304,8 +309,10 @@ def fingerprint(matrix: sp.csr_matrix) -> str:
 def _signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
 
-    inputs = Schema([ColSpec(DataType.string, "customer_id"), ColSpec(DataType.string, "segment", required=False)])
+    inputs = Schema([ColSpec(DataType.string, "customer_id"), ColSpec(DataType.string, "segment", required=False),
+                     ColSpec(Array(DataType.string), "exclude", required=False)])
     outputs = Schema([
         ColSpec(DataType.string, "customer_id"), ColSpec(DataType.integer, "rank"),
         ColSpec(DataType.string, "product_id"), ColSpec(DataType.double, "score"),
@@ -324,7 +331,6 @@ def _requirements() -> list[str]:
 def log_model(rec: Recommender, example_ids: list[str]) -> Any:
     """Log the pyfunc (model from code) with .npy/.json artifacts only; returns the ModelInfo."""
     import mlflow
-
     from training.nbp.recommender import save_recommender
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -334,6 +340,46 @@ def log_model(rec: Recommender, example_ids: list[str]) -> Any:
             signature=_signature(), input_example=pd.DataFrame({"customer_id": example_ids}),
             pip_requirements=_requirements(),
         )
+
+
+class Stopwatch:
+    """Wall-clock and process-CPU seconds per stage.
+
+    CPU time (``cpu.<stage>``) counts every thread of the process and not the time
+    other processes hold the cores, so comparisons stay meaningful on a shared machine.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.seconds[name] = time.perf_counter() - wall
+        self.seconds[f"cpu.{name}"] = time.process_time() - cpu
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self._wall,
+                "cpu.total": time.process_time() - self._cpu}
+
+
+def _flat_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """The model's metrics overall, per segment and per slice; the other policies overall.
+
+    (Everything else is in metrics.json: MLflow metrics are for comparing runs.)
+    """
+    from training.metrics import flatten
+
+    m = evaluation.metrics["model"]
+    flat = flatten(m)
+    flat.update({f"slice.{s}.{k}": v for s, vals in m["by_slice"].items() for k, v in vals.items() if not np.isnan(v)})
+    prefixes = {"popularity": "baseline.", "segment popularity": "segment_baseline.", "oracle": "oracle."}
+    for policy, prefix in prefixes.items():
+        if policy in evaluation.metrics:
+            flat.update(flatten({"overall": evaluation.metrics[policy]["overall"]}, prefix=prefix))
+    return flat
 
 
 # --- the entry point -------------------------------------------------------------------------
@@ -350,9 +396,8 @@ def train_nbp(lake: Path, window_days: int = 30, cutoff: datetime | None = None,
     baseline and holds the per-segment one under ``segment_popularity``).
     """
     import matplotlib.pyplot as plt
-    import mlflow
 
-    from training import ranking_metrics
+    import mlflow
     from training.metrics import flatten
     from training.nbp import report
     from training.registry import (
@@ -366,27 +411,24 @@ def train_nbp(lake: Path, window_days: int = 30, cutoff: datetime | None = None,
     )
 
     p = params if isinstance(params, NbpParams) else NbpParams(**(params or {}))
+    ks = sorted(set(ks) | {10})  # NDCG@10 is the headline and the gate
     if algorithm not in ("als", "bpr"):
         raise CrmscoreError(f"unknown algorithm {algorithm!r}; use 'als' or 'bpr'")
-    timings: dict[str, float] = {}
+    clock = Stopwatch()
     lake = Path(lake)
 
-    started = time.perf_counter()
-    data = read_lake(lake)
-    timings["read"] = time.perf_counter() - started
-
-    t = time.perf_counter()
-    split = time_split(data, window_days, cutoff, p.confidence)
-    timings["matrix"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    user_factors, item_factors = fit_factors(split.train.confidence, algorithm, p)
-    timings["fit"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    rec = build_recommender(data, split, algorithm, p, user_factors, item_factors)
-    evaluation = evaluate_policies(lake, rec, split, data, ks)
-    timings["evaluate"] = time.perf_counter() - t
+    with clock.stage("read"):
+        data = read_lake(lake)
+    with clock.stage("matrix"):
+        split = time_split(data, window_days, cutoff, p.confidence)
+    with clock.stage("fit"):
+        user_factors, item_factors = fit_factors(split.train.confidence, algorithm, p)
+    with clock.stage("model"):
+        rec = build_recommender(data, split, algorithm, p, user_factors, item_factors)
+    with clock.stage("evaluate"):
+        evaluation = evaluate_policies(lake, rec, split, data, ks)
+        table = report.metric_table(evaluation.metrics, ks)
+        curves = report.metrics_by_k(evaluation.recommended, split.relevant, data.catalogue.n, MAX_K)
     metrics = evaluation.metrics["model"]
     baseline = {**evaluation.metrics["popularity"], "segment_popularity": evaluation.metrics["segment popularity"]}
     oracle = evaluation.metrics.get("oracle")
@@ -394,61 +436,54 @@ def train_nbp(lake: Path, window_days: int = 30, cutoff: datetime | None = None,
     client = configure_mlflow()
     ensure_experiment(client, MODEL_NAME)
     with mlflow.start_run(run_name=f"nbp-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
-        t = time.perf_counter()
-        mlflow.log_params({
-            "algorithm": algorithm, **p.model_dump(exclude={"num_threads"}),
-            "window_days": window_days, "cutoff": f"{split.cutoff:%Y-%m-%d}",
-            "customers": rec.n_customers, "products": rec.n_products,
-            "interactions": int(split.train.confidence.nnz), "test_customers": int(split.test_rows.size),
-        })
-        logged = {"": metrics, "baseline.": evaluation.metrics["popularity"],
-                  "segment_baseline.": evaluation.metrics["segment popularity"]}
-        if oracle:
-            logged["oracle."] = oracle
-        for prefix, m in logged.items():
-            mlflow.log_metrics(flatten(m, prefix=prefix))
-            mlflow.log_metrics({f"{prefix}slice.{s}.{k}": v for s, vals in m["by_slice"].items()
-                                for k, v in vals.items() if v == v})
-        mlflow.set_tags({
-            "feature_service": "none (orders only)", "data_fingerprint": fingerprint(split.train.confidence),
-            "git_commit": git_commit(), "baseline": "popularity; segment popularity",
-            "oracle": "true affinities" if oracle else "none (not a synthetic world)", **(extra_tags or {}),
-        })
-        table = report.metric_table(evaluation.metrics, ks)
-        mlflow.log_table(table, "metrics_table.json")
-        mlflow.log_text(table.to_csv(index=False), "metrics_table.csv")
-        curves = report.metrics_by_k(evaluation.recommended, split.relevant, data.catalogue.n, MAX_K)
-        fig = report.plot_metrics_by_k(curves)
-        mlflow.log_figure(fig, "plots/metrics_by_k.png")
-        plt.close(fig)
-        mlflow.log_dict({"model": metrics, "baseline": baseline, "oracle": oracle, "by_k": curves}, "metrics.json")
-        summary = {
-            "algorithm": f"{algorithm} ({rec.spec.factors} factors)",
-            "split": f"train on orders before {split.cutoff:%Y-%m-%d}; test on the next {window_days} days",
-            "test customers": f"{split.test_rows.size} (active before the cutoff, bought in the window)",
-            "catalogue": f"{rec.n_products} products",
-            "cold start": f"{int(evaluation.cold.sum())} test customers with < {p.min_orders} orders",
-        }
-        mlflow.log_text(report.model_card(summary, table, metrics), "model_card.md")
-        info = log_model(rec, test_customers(split)[:2].tolist())
-        mv = mlflow.register_model(info.model_uri, MODEL_NAME)
-        version = str(mv.version)
-        client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
-        client.set_model_version_tag(MODEL_NAME, version, "headline_metric", ranking_metrics.HEADLINE)
-        client.set_model_version_tag(MODEL_NAME, version, "headline_value", f"{metrics['overall'][HEADLINE]:.4f}")
-        client.set_model_version_tag(MODEL_NAME, version, "cutoff", split.cutoff.isoformat())
-        timings["log_and_register"] = time.perf_counter() - t
+        with clock.stage("log_and_register"):
+            mlflow.log_params({
+                "algorithm": algorithm, **p.model_dump(exclude={"num_threads"}),
+                "window_days": window_days, "cutoff": f"{split.cutoff:%Y-%m-%d}",
+                "customers": rec.n_customers, "products": rec.n_products,
+                "interactions": int(split.train.confidence.nnz), "test_customers": int(split.test_rows.size),
+            })
+            # The model goes first: MLflow links every metric already in the run to a logged
+            # model with one query per metric (seconds for a few hundred); logging them
+            # afterwards with the model's id links them in one batch.
+            info = log_model(rec, evaluated_customers(split)[:2].tolist())
+            mlflow.log_metrics(_flat_metrics(evaluation), model_id=info.model_id)
+            mlflow.set_tags({
+                "feature_service": "none (orders only)", "data_fingerprint": fingerprint(split.train.confidence),
+                "git_commit": git_commit(), "baseline": "popularity; segment popularity",
+                "oracle": "true affinities" if oracle else "none (not a synthetic world)", **(extra_tags or {}),
+            })
+            mlflow.log_table(table, "metrics_table.json")
+            mlflow.log_text(table.to_csv(index=False), "metrics_table.csv")
+            fig = report.plot_metrics_by_k(curves)
+            mlflow.log_figure(fig, "plots/metrics_by_k.png")
+            plt.close(fig)
+            mlflow.log_dict({"model": metrics, "baseline": baseline, "oracle": oracle, "by_k": curves},
+                            "metrics.json")
+            summary = {
+                "algorithm": f"{algorithm} ({rec.spec.factors} factors)",
+                "split": f"train on orders before {split.cutoff:%Y-%m-%d}; test on the next {window_days} days",
+                "test customers": f"{split.test_rows.size} (active before the cutoff, bought in the window)",
+                "catalogue": f"{rec.n_products} products",
+                "cold start": f"{int(evaluation.cold.sum())} test customers with < {p.min_orders} orders",
+            }
+            mlflow.log_text(report.model_card(summary, table, metrics), "model_card.md")
+            mv = mlflow.register_model(info.model_uri, MODEL_NAME)
+            version = str(mv.version)
+            client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+            for key, value in {"headline_metric": HEADLINE, "headline_value": f"{metrics['overall'][HEADLINE]:.4f}",
+                               "cutoff": split.cutoff.isoformat()}.items():
+                client.set_model_version_tag(MODEL_NAME, version, key, value)
 
-        t = time.perf_counter()
-        promoted, reason, champion_metrics = gate(client, lake, split, data, metrics["overall"])
-        if champion_metrics is not None:
-            mlflow.log_metrics(flatten(champion_metrics, prefix="champion."))
-        record_decision(client, MODEL_NAME, version, promoted, reason)
-        mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
-        if promoted:
-            promote(client, MODEL_NAME, version, reason, by="gate")
-        timings["gate"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - started
+        with clock.stage("gate"):
+            promoted, reason, champion_metrics = gate(client, split, data, metrics["overall"])
+            if champion_metrics is not None:
+                mlflow.log_metrics(flatten(champion_metrics, prefix="champion."))
+            record_decision(client, MODEL_NAME, version, promoted, reason)
+            mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
+            if promoted:
+                promote(client, MODEL_NAME, version, reason, by="gate")
+        timings = clock.total()
         mlflow.log_metrics({f"seconds.{k}": v for k, v in timings.items()})
 
     log.info("%s v%s: NDCG@10 %.4f (popularity %.4f%s); %s", MODEL_NAME, version, metrics["overall"][HEADLINE],
