@@ -7,11 +7,15 @@
   snapshots, and on half its customers to measure how it scales;
 * training frame: ``training_frame`` (``get_historical_features``) of churn_v1
   for 200k (customer, cutoff) rows;
-* materialize: ``materialize_latest`` of N synthetic customers into SQLite and
-  Redis against a raw bulk write of the *same rows* (read back from the store
-  after Feast wrote them): ``executemany`` / pipelined ``HSET``;
+* materialize: ``materialize_latest`` (bulk path) of N synthetic customers into
+  SQLite and Redis against a raw bulk write of the *same rows* (read back from the
+  store after it was written) into a table of the same schema / new keys:
+  ``executemany`` / pipelined ``HSET``; and, on a smaller population
+  (``--feast-materialize``), Feast's own ``materialize`` (``fast=False``) against
+  its raw write, for the before/after ratio;
 * online read: ``read_online`` (fast path and SDK) for 1 and 100 customers
-  against a raw SQLite select / Redis ``HMGET`` of the same keys, p50/p99.
+  against a raw SQLite select / Redis ``HMGET`` of the same keys, p50/p99,
+  interleaved sample by sample.
 
 Everything runs in one process, one after the other, so ratios compare like
 with like. Redis parts are skipped when no Redis answers on 127.0.0.1:6379.
@@ -146,29 +150,45 @@ def synthetic_workspace(root: Path, customers: int) -> Workspace:
     return ws
 
 
-def bench_sqlite(ws: Workspace, customers: int) -> dict:
-    store = feature_store(ws)
-    apply_repository(store, ws.feature_tables)
-    _, seconds = timed(materialize_latest, store, ws.feature_tables, ["customer_features"])
-    db = ws.feast / "online_store.db"
-    table = f"{store.project}_customer_features"
+def raw_sqlite_write(db: Path, table: str) -> tuple[float, int]:
+    """Read back what the store wrote; time a plain ``executemany`` of the same rows
+    into a fresh table with the same schema and indexes."""
     conn = sqlite3.connect(db)
-    rows = conn.execute(f'SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM "{table}"').fetchall()
-    conn.execute(f'CREATE TABLE raw_copy AS SELECT * FROM "{table}" WHERE 0')
-    conn.execute("CREATE UNIQUE INDEX raw_copy_pk ON raw_copy (entity_key, feature_name)")
+    rows = conn.execute(
+        f'SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM "{table}"'
+    ).fetchall()
+    for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL", (table,)).fetchall():
+        conn.execute(sql.replace(table, f"raw_{table}"))
     started = time.perf_counter()
     with conn:
         conn.executemany(
-            "INSERT INTO raw_copy (entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?)",
+            f'INSERT INTO "raw_{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?)',
             rows,
         )
     raw_seconds = time.perf_counter() - started
+    conn.execute(f'DROP TABLE "raw_{table}"')
+    conn.close()
+    return raw_seconds, len(rows)
+
+
+def bench_sqlite(ws: Workspace, customers: int, *, fast: bool = True, reads: bool = True) -> dict:
+    store = feature_store(ws)
+    apply_repository(store, ws.feature_tables)
+    _, seconds = timed(materialize_latest, store, ws.feature_tables, ["customer_features"], fast=fast)
+    db = ws.feast / "online_store.db"
+    table = f"{store.project}_customer_features"
+    raw_seconds, rows = raw_sqlite_write(db, table)
+    result = {"seconds": seconds, "raw_seconds": raw_seconds, "rows": rows, "customers": customers, "reads": {}}
+    if not reads:
+        return result
     # Online reads: the same keys through read_online (fast, SDK) and a raw select.
-    keys = [r[0] for r in conn.execute(f'SELECT DISTINCT entity_key FROM "{table}" LIMIT 100')]
+    conn = sqlite3.connect(db)
     ids = [f"C{i}" for i in range(100)]
-    reads = {}
-    for n, loops in ((1, 300), (100, 100)):
-        raw, fast, sdk = [], [], []
+    from features.online import _entity_keys
+
+    keys = _entity_keys(("customer_id",), [(i,) for i in ids], store.config.entity_key_serialization_version)
+    for n, loops in ((1, 2000), (100, 300)):
+        raw, fast_, sdk = [], [], []
         for _ in range(loops):
             t = time.perf_counter()
             conn.execute(
@@ -178,17 +198,31 @@ def bench_sqlite(ws: Workspace, customers: int) -> dict:
             raw.append(time.perf_counter() - t)
             t = time.perf_counter()
             read_online(store, "churn_v1", ids[:n])
-            fast.append(time.perf_counter() - t)
-        for _ in range(loops // 3):
+            fast_.append(time.perf_counter() - t)
+        for _ in range(loops // 10):
             t = time.perf_counter()
             read_online(store, "churn_v1", ids[:n], fast=False)
             sdk.append(time.perf_counter() - t)
-        reads[n] = {"raw": percentiles(raw), "fast": percentiles(fast), "sdk": percentiles(sdk)}
+        result["reads"][n] = {"raw": percentiles(raw), "fast": percentiles(fast_), "sdk": percentiles(sdk)}
     conn.close()
-    return {"seconds": seconds, "raw_seconds": raw_seconds, "rows": len(rows), "customers": customers, "reads": reads}
+    return result
 
 
-def bench_redis(ws: Workspace, customers: int) -> dict | None:
+def redis_store(ws: Workspace, project: str):
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    from features.store import StoreSettings, config_dict
+
+    registry = Workspace(ws.home / f"redis-registry-{project}")
+    # The registry stays a local file here: the benchmark measures the online store.
+    config = config_dict(registry, StoreSettings(profile=Profile.REDIS, project=project))
+    config["registry"] = {"registry_type": "file", "path": str(registry.feast / "registry.db")}
+    registry.feast.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=RepoConfig(repo_path=ws.feature_tables, **config))
+
+
+def bench_redis(ws: Workspace, customers: int, *, fast: bool = True, reads: bool = True) -> dict | None:
     import redis
 
     client = redis.Redis.from_url(DEFAULT_REDIS_URL)
@@ -198,26 +232,17 @@ def bench_redis(ws: Workspace, customers: int) -> dict | None:
         log.warning("no Redis at %s: skipping the Redis benchmarks", DEFAULT_REDIS_URL)
         return None
     project = f"bench{uuid.uuid4().hex[:8]}"
-    registry = Workspace(ws.home / "redis-registry")
-    # The registry stays a local file here: the benchmark measures the online store.
-    from feast import FeatureStore
-    from feast.repo_config import RepoConfig
-
-    from features.store import StoreSettings, config_dict
-
-    config = config_dict(registry, StoreSettings(profile=Profile.REDIS, project=project))
-    config["registry"] = {"registry_type": "file", "path": str(registry.feast / "registry.db")}
-    registry.feast.mkdir(parents=True, exist_ok=True)
-    store = FeatureStore(config=RepoConfig(repo_path=ws.feature_tables, **config))
+    store = redis_store(ws, project)
     try:
         apply_repository(store, ws.feature_tables, Profile.REDIS)
-        _, seconds = timed(materialize_latest, store, ws.feature_tables, ["customer_features"])
-        keys = [k for k in client.scan_iter(count=10_000) if k.endswith(project.encode())]
+        _, seconds = timed(materialize_latest, store, ws.feature_tables, ["customer_features"], fast=fast)
+        keys = [k for k in client.scan_iter(match=f"*{project}", count=10_000)]
         hashes = []
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        hashes = list(zip(keys, pipe.execute(), strict=True))
+        for i in range(0, len(keys), 10_000):
+            pipe = client.pipeline(transaction=False)
+            for key in keys[i : i + 10_000]:
+                pipe.hgetall(key)
+            hashes += list(zip(keys[i : i + 10_000], pipe.execute(), strict=True))
         started = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         for i, (key, mapping) in enumerate(hashes):
@@ -226,12 +251,16 @@ def bench_redis(ws: Workspace, customers: int) -> dict | None:
                 pipe.execute()
         pipe.execute()
         raw_seconds = time.perf_counter() - started
-        fields = list(hashes[0][1]) if hashes else []
+        result = {"seconds": seconds, "raw_seconds": raw_seconds, "rows": len(hashes), "customers": customers, "reads": {}}
+        if not reads:
+            return result
+        from features.online import _entity_keys
+
         ids = [f"C{i}" for i in range(100)]
-        read_keys = [k for k, _ in hashes[:100]]
-        reads = {}
-        for n, loops in ((1, 300), (100, 100)):
-            raw, fast, sdk = [], [], []
+        read_keys = [k + project.encode() for k in _entity_keys(("customer_id",), [(i,) for i in ids], 3)]
+        fields = list(dict(hashes[0][1])) if hashes else []
+        for n, loops in ((1, 2000), (100, 300)):
+            raw, fast_, sdk = [], [], []
             for _ in range(loops):
                 t = time.perf_counter()
                 pipe = client.pipeline(transaction=False)
@@ -241,59 +270,70 @@ def bench_redis(ws: Workspace, customers: int) -> dict | None:
                 raw.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 read_online(store, "churn_v1", ids[:n])
-                fast.append(time.perf_counter() - t)
-            for _ in range(loops // 3):
+                fast_.append(time.perf_counter() - t)
+            for _ in range(loops // 10):
                 t = time.perf_counter()
                 read_online(store, "churn_v1", ids[:n], fast=False)
                 sdk.append(time.perf_counter() - t)
-            reads[n] = {"raw": percentiles(raw), "fast": percentiles(fast), "sdk": percentiles(sdk)}
-        return {"seconds": seconds, "raw_seconds": raw_seconds, "rows": len(hashes), "customers": customers, "reads": reads}
+            result["reads"][n] = {"raw": percentiles(raw), "fast": percentiles(fast_), "sdk": percentiles(sdk)}
+        return result
     finally:
         store.teardown()
-        leftovers = [k for k in client.scan_iter(count=10_000) if project.encode() in k]
+        leftovers = [k for k in client.scan_iter(match=f"*{project}*", count=10_000)]
         for i in range(0, len(leftovers), 10_000):
             client.delete(*leftovers[i : i + 10_000])
 
 
-def render(build: dict, training: dict, sqlite: dict, redis_: dict | None) -> str:
+def render(build: dict | None, training: dict | None, runs: dict[str, dict | None], load: tuple[float, float]) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [
         "## features",
         "",
         (f"`bench/bench_features.py`, {datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores ({cpu}), "
-        f"Python {platform.python_version()}, load average at start {os.getloadavg()[0]:.1f} "
-        "(other jobs shared the machine; figures are wall-clock, one run)."),
+        f"Python {platform.python_version()}, load average {load[0]:.1f} at start / {load[1]:.1f} at end "
+        "(other jobs shared the machine; figures are wall-clock, one run; every ratio compares two "
+        "measurements of the same run)."),
         "",
         "| what | measured | goal | notes |",
         "|---|---|---|---|",
-        (f"| build: {build['customers']:,} customers / {build['orders']:,} orders, {build['snapshots']} weekly snapshots "
-        f"| {build['seconds']:.1f} s ({build['rows'] / build['seconds']:,.0f} feature rows/s, "
-        f"{build['orders'] * build['snapshots'] / build['seconds']:,.0f} order-snapshots/s) | ≤ 60 s "
-        f"| half the customers: {build['half_seconds']:.1f} s → time ∝ n^{build['exponent']:.2f}; "
-        f"1M customers ≈ {build['projected_1m'] / 60:.1f} min projected |"),
-        (f"| training frame: churn_v1, {training['rows']:,} (customer, cutoff) rows × {training['features']} features "
-        f"| {training['seconds']:.1f} s | ≤ 60 s | Feast file (dask) offline store, `get_historical_features` via the service |"),
     ]
-    for name, res in (("SQLite", sqlite), ("Redis", redis_)):
+    if build:
+        lines.append(
+            f"| build: {build['customers']:,} customers / {build['orders']:,} orders, {build['snapshots']} weekly snapshots "
+            f"| {build['seconds']:.1f} s ({build['rows'] / build['seconds']:,.0f} feature rows/s, "
+            f"{build['orders'] * build['snapshots'] / build['seconds']:,.0f} order-snapshots/s) | ≤ 60 s "
+            f"| half the customers: {build['half_seconds']:.1f} s → time ∝ n^{build['exponent']:.2f}; "
+            f"1M customers ≈ {build['projected_1m'] / 60:.1f} min projected |"
+        )
+    if training:
+        lines.append(
+            f"| training frame: churn_v1, {training['rows']:,} (customer, cutoff) rows × {training['features']} features "
+            f"| {training['seconds']:.1f} s | ≤ 60 s | Feast file (dask) offline store, `get_historical_features` via the service |"
+        )
+    for label, res in runs.items():
+        name, how = label.split(":")
         if res is None:
-            lines.append(f"| materialize into {name} | skipped | | no server |")
+            lines.append(f"| materialize into {name} ({how}) | skipped | | no server |")
             continue
         unit = "rows" if name == "SQLite" else "hashes"
+        raw_rate = res["rows"] / res["raw_seconds"]
         lines.append(
-            f"| materialize {res['customers']:,} customers into {name} | {res['seconds']:.1f} s "
-            f"({res['customers'] / res['seconds']:,.0f} customers/s) vs raw {res['raw_seconds']:.2f} s "
-            f"({res['rows']:,} {unit}) = **{res['raw_seconds'] / res['seconds']:.0%} of raw** | ≥ 50 % of raw "
-            f"| 1M customers ≈ {res['seconds'] * 1e6 / res['customers'] / 60:.0f} min at this rate |"
+            f"| materialize {res['customers']:,} customers into {name}, {how} | {res['seconds']:.1f} s "
+            f"({res['customers'] / res['seconds']:,.0f} customers/s) vs raw {res['raw_seconds']:.1f} s "
+            f"({res['rows']:,} {unit}, {raw_rate:,.0f}/s) = **{res['raw_seconds'] / res['seconds']:.0%} of raw** "
+            f"| ≥ 50 % of raw | 1M customers ≈ {res['seconds'] * 1e6 / res['customers'] / 60:.1f} min at this rate |"
         )
-    for name, res in (("SQLite", sqlite), ("Redis", redis_)):
+    for label, res in runs.items():
         if res is None:
             continue
+        name = label.split(":")[0]
         for n, r in res["reads"].items():
             lines.append(
                 f"| online read churn_v1, {n} customer{'s' if n > 1 else ''}, {name} "
                 f"| fast p50/p99 {r['fast'][0]:.2f}/{r['fast'][1]:.2f} ms; SDK {r['sdk'][0]:.2f}/{r['sdk'][1]:.2f} ms; "
                 f"raw {r['raw'][0]:.2f}/{r['raw'][1]:.2f} ms | p99 ≤ 2× raw "
-                f"| fast p99 = {r['fast'][1] / r['raw'][1]:.1f}× raw, SDK p99 = {r['sdk'][1] / r['raw'][1]:.1f}× raw |"
+                f"| fast p99 = {r['fast'][1] / r['raw'][1]:.1f}× raw (p50 {r['fast'][0] / r['raw'][0]:.1f}×), "
+                f"SDK p99 = {r['sdk'][1] / r['raw'][1]:.1f}× raw |"
             )
     return "\n".join(lines) + "\n"
 
@@ -314,21 +354,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--materialize", type=int, default=50_000, help="customers to materialize (goal: 1M)")
+    parser.add_argument(
+        "--feast-materialize", type=int, default=20_000,
+        help="customers for Feast's own materialize (the 'before' figure; 0 to skip)",
+    )
+    parser.add_argument("--skip-build", action="store_true", help="only materialize and online reads")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--write", type=Path, default=None, help="update the '## features' section of this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("feast", "dask", "distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    load_start = os.getloadavg()[0]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-features-"))
-    build = bench_build(workdir, args.customers)
-    log.info("build: %.1fs", build["seconds"])
-    training = bench_training(build["ws"])
-    log.info("training frame: %.1fs", training["seconds"])
+    build = training = None
+    if not args.skip_build:
+        build = bench_build(workdir, args.customers)
+        log.info("build: %.1fs", build["seconds"])
+        training = bench_training(build["ws"])
+        log.info("training frame: %.1fs", training["seconds"])
+    runs: dict[str, dict | None] = {}
+    if args.feast_materialize:
+        small = synthetic_workspace(workdir / "ws-feast", args.feast_materialize)
+        runs["SQLite:Feast materialize"] = bench_sqlite(small, args.feast_materialize, fast=False, reads=False)
+        small_bulk = synthetic_workspace(workdir / "ws-feast-bulk", args.feast_materialize)
+        runs["SQLite:bulk"] = bench_sqlite(small_bulk, args.feast_materialize, reads=False)
+        runs["Redis:Feast materialize"] = bench_redis(small, args.feast_materialize, fast=False, reads=False)
+        runs["Redis:bulk"] = bench_redis(small_bulk, args.feast_materialize, reads=False)
+        log.info("small runs: %s", {k: v and round(v["raw_seconds"] / v["seconds"], 2) for k, v in runs.items()})
     ws = synthetic_workspace(workdir / "ws-online", args.materialize)
-    sqlite = bench_sqlite(ws, args.materialize)
-    redis_ = bench_redis(ws, args.materialize)
-    section = render(build, training, sqlite, redis_)
+    runs["SQLite:bulk "] = bench_sqlite(ws, args.materialize)
+    log.info("sqlite: %s", runs["SQLite:bulk "])
+    runs["Redis:bulk "] = bench_redis(ws, args.materialize)
+    section = render(build, training, runs, (load_start, os.getloadavg()[0]))
     log.info("results:\n%s", section)
     if args.write:
         write_section(args.write, section)

@@ -267,3 +267,62 @@ def table_file(entity: str) -> str:
 
 def attribute_column(name: str) -> str:
     return f"{ATTRIBUTE_PREFIX}{name}"
+
+
+# --- batch scores (written by `crmscore score`, read back through Feast) -------------
+
+ScoreTask = Literal["churn", "lead", "nbp"]
+
+
+@dataclass(frozen=True)
+class ScoreField:
+    name: str
+    kind: Literal["int", "float", "str", "bool", "str_list", "float_list"]
+    description: str
+
+
+#: The entity each batch-score table is keyed by.
+SCORE_ENTITIES: dict[str, EntityName] = {"churn": "customer", "lead": "lead", "nbp": "customer"}
+#: Timestamp column of every score table: the date the population was scored as of.
+SCORE_TIMESTAMP = "as_of"
+#: Feature view (and push source ``<view>_push``) serving each task's latest scores.
+SCORE_VIEW_NAMES: dict[str, str] = {t: f"{t}_scores" for t in SCORE_ENTITIES}
+_MODEL_VERSION = ScoreField("model_version", "str", "registered model version that scored the row")
+_REASONS = ScoreField(
+    "reasons", "str",
+    'JSON {"up": [...], "down": [...]} of {feature, value, impact}: the top features pushing '
+    "the score up and down (exact TreeSHAP, log-odds); null when scored with --no-reasons",
+)
+#: The columns of each score table that the score view serves (besides key and as_of).
+SCORE_FIELDS: dict[str, list[ScoreField]] = {
+    "churn": [
+        ScoreField("probability", "float", "calibrated probability of churning within the label window"),
+        ScoreField("score", "int", "the probability as a 1-99 score"),
+        ScoreField("band", "str", "risk band: high (top 10%), medium (next 20%), low"),
+        _REASONS,
+        _MODEL_VERSION,
+    ],
+    "lead": [
+        ScoreField("probability", "float", "calibrated probability of converting within the label window"),
+        ScoreField("score", "int", "the probability as a 1-99 score"),
+        ScoreField("grade", "str", "lead grade: A (top 10%), B (next 20%), C (30%), D (40%)"),
+        _REASONS,
+        _MODEL_VERSION,
+    ],
+    "nbp": [
+        ScoreField("product_ids", "str_list", "recommended products, best first"),
+        ScoreField("product_scores", "float_list", "the recommender's score of each product"),
+        ScoreField("product_reasons", "str_list", "why each product (a past purchase or popularity)"),
+        ScoreField("cold_start", "bool", "the answer is the popularity fallback"),
+        _MODEL_VERSION,
+    ],
+}
+
+
+#: The column holding the grade (leads) or band (churn).
+SCORE_GRADE_COLUMN: dict[str, str] = {"churn": "band", "lead": "grade"}
+
+
+def score_dir_name(task: str) -> str:
+    """Directory of a task's score table inside the workspace's scores directory."""
+    return task

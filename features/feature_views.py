@@ -11,15 +11,35 @@ and ``features.online.read_online`` flags older online rows as stale (Feast itse
 does not check it on online reads).
 """
 
-from feast import FeatureView
+from feast import FeatureView, Field
+from feast.types import Array, Bool, Float64, Int64, String
 
 try:  # imported as part of the `features` package (crmscore, tests)
-    from .catalog import VIEW_NAMES, VIEW_TTL
-    from .data_sources import customer_source, lead_source, product_source
+    from .catalog import SCORE_FIELDS, SCORE_VIEW_NAMES, VIEW_NAMES, VIEW_TTL
+    from .data_sources import (
+        churn_scores_push,
+        customer_source,
+        lead_scores_push,
+        lead_source,
+        nbp_scores_push,
+        product_source,
+    )
     from .entities import customer, lead, product
 except ImportError:  # imported as a top-level module by Feast's CLI (`feast apply` in features/)
-    from catalog import VIEW_NAMES, VIEW_TTL  # type: ignore[no-redef]
-    from data_sources import customer_source, lead_source, product_source  # type: ignore[no-redef]
+    from catalog import (  # type: ignore[no-redef]
+        SCORE_FIELDS,
+        SCORE_VIEW_NAMES,
+        VIEW_NAMES,
+        VIEW_TTL,
+    )
+    from data_sources import (  # type: ignore[no-redef]
+        churn_scores_push,
+        customer_source,
+        lead_scores_push,
+        lead_source,
+        nbp_scores_push,
+        product_source,
+    )
     from entities import customer, lead, product  # type: ignore[no-redef]
 
 customer_features = FeatureView(
@@ -50,4 +70,57 @@ product_features = FeatureView(
     online=True,
     description="Product popularity and catalogue data as of each snapshot date.",
     tags={"entity": "product"},
+)
+
+
+# --- precomputed batch scores ----------------------------------------------------------
+# Unlike the feature views above, these declare their schema: a score table may not
+# exist yet when the repository is applied (nothing scored so far), so there is
+# nothing to infer from. Each is fed by a push source (``crmscore push-scores``
+# writes a run straight into the online store) whose batch source is the
+# partitioned score table, so historical retrieval and ``materialize`` also work.
+# The TTL matches the features': a score older than two weekly runs is stale.
+
+_SCORE_TYPES = {
+    "int": Int64, "float": Float64, "str": String, "bool": Bool,
+    "str_list": Array(String), "float_list": Array(Float64),
+}
+
+
+def _score_schema(task: str) -> list[Field]:
+    return [Field(name=f.name, dtype=_SCORE_TYPES[f.kind], description=f.description)
+            for f in SCORE_FIELDS[task]]
+
+
+churn_scores = FeatureView(
+    name=SCORE_VIEW_NAMES["churn"],
+    entities=[customer],
+    ttl=VIEW_TTL,
+    schema=_score_schema("churn"),
+    source=churn_scores_push,
+    online=True,
+    description="The latest batch churn risk per customer: probability, score, band, reasons.",
+    tags={"entity": "customer", "kind": "scores"},
+)
+
+lead_scores = FeatureView(
+    name=SCORE_VIEW_NAMES["lead"],
+    entities=[lead],
+    ttl=VIEW_TTL,
+    schema=_score_schema("lead"),
+    source=lead_scores_push,
+    online=True,
+    description="The latest batch lead score per open lead: probability, score, grade, reasons.",
+    tags={"entity": "lead", "kind": "scores"},
+)
+
+nbp_scores = FeatureView(
+    name=SCORE_VIEW_NAMES["nbp"],
+    entities=[customer],
+    ttl=VIEW_TTL,
+    schema=_score_schema("nbp"),
+    source=nbp_scores_push,
+    online=True,
+    description="The latest batch next-best-product list per customer, with reasons.",
+    tags={"entity": "customer", "kind": "scores"},
 )

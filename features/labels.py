@@ -64,6 +64,58 @@ def _require(lake: Path, name: str, why: str) -> pl.DataFrame:
     return frame
 
 
+# --- populations: who is at risk at a cutoff ----------------------------------------
+# The label builders and batch scoring (pipelines/scoring) share these predicates,
+# so the rows a model is scored on are the rows it was trained and evaluated on.
+
+
+def _subscription_active(at: str) -> pl.Expr:
+    """A subscription is active at ``at``: started before it, not ended before it."""
+    return (pl.col("started_at") < pl.col(at)) & (
+        pl.col("ended_at").is_null() | (pl.col("ended_at") >= pl.col(at))
+    )
+
+
+def _ordered_in_lookback(lookback_days: int) -> pl.Expr:
+    """An order in ``[cutoff - lookback, cutoff)``."""
+    t, c = pl.col("ordered_at"), pl.col(CUTOFF)
+    return (t >= c - pl.duration(days=lookback_days)) & (t < c)
+
+
+def _lead_open(at: str) -> pl.Expr:
+    """A lead is open at ``at``: created before it, neither converted nor lost before it."""
+    c, conv, lost = pl.col(at), pl.col("converted_at"), pl.col("lost_at")
+    return (pl.col("created_at") < c) & (conv.is_null() | (conv >= c)) & (lost.is_null() | (lost >= c))
+
+
+def churn_population(
+    lake: Path, as_of: datetime, *, mode: ChurnMode = "auto", lookback_days: int = CHURN_LOOKBACK_DAYS
+) -> pl.DataFrame:
+    """The customers churn is predicted for at ``as_of`` (one ``customer_id`` column,
+    sorted): active subscribers (subscription mode) or customers who ordered in the
+    look-back (transactional mode). Unlike the labels, no window has to fit after it."""
+    key = JOIN_KEYS["customer"]
+    if mode == "auto":
+        mode = "subscription" if read_table(lake, SUBSCRIPTIONS.name, [key]) is not None else "transactional"
+    at = pl.lit(as_utc(as_of), dtype=TIMESTAMP).alias(CUTOFF)
+    if mode == "subscription":
+        subs = _require(lake, SUBSCRIPTIONS.name, "subscription churn").select(key, "started_at", "ended_at")
+        return subs.with_columns(at).filter(_subscription_active(CUTOFF)).select(key).unique().sort(key)
+    orders = _require(lake, ORDERS.name, "transactional churn").select(key, "ordered_at")
+    return (
+        orders.lazy().with_columns(at).filter(_ordered_in_lookback(lookback_days))
+        .select(key).unique().sort(key).collect()
+    )
+
+
+def open_leads(lake: Path, as_of: datetime) -> pl.DataFrame:
+    """The leads open at ``as_of`` (one ``lead_id`` column, sorted): lead scoring's population."""
+    key = JOIN_KEYS["lead"]
+    leads = _require(lake, LEADS.name, "lead scoring").select(key, "created_at", "converted_at", "lost_at")
+    at = pl.lit(as_utc(as_of), dtype=TIMESTAMP).alias(CUTOFF)
+    return leads.with_columns(at).filter(_lead_open(CUTOFF)).select(key).unique().sort(key)
+
+
 def churn_labels(
     lake: Path,
     cutoffs: Sequence[datetime],
@@ -98,16 +150,13 @@ def churn_labels_subscription(
     grid = _cutoffs(lake, cutoffs, window_days).with_columns(
         (pl.col(CUTOFF) + pl.duration(days=window_days)).alias("_horizon")
     )
-
-    def active(at: str) -> pl.Expr:
-        return (pl.col("started_at") < pl.col(at)) & (
-            pl.col("ended_at").is_null() | (pl.col("ended_at") >= pl.col(at))
-        )
-
     return (
         subs.join(grid, how="cross")
         .group_by(key, CUTOFF)
-        .agg(active(CUTOFF).any().alias("_now"), active("_horizon").any().alias("_later"))
+        .agg(
+            _subscription_active(CUTOFF).any().alias("_now"),
+            _subscription_active("_horizon").any().alias("_later"),
+        )
         .filter(pl.col("_now"))
         .select(key, CUTOFF, (~pl.col("_later")).cast(pl.Int8).alias(LABEL))
         .sort(CUTOFF, key)
@@ -134,7 +183,7 @@ def churn_labels_transactional(
         .join(grid.lazy(), how="cross")
         .filter((t >= c - lookback) & (t < c + window))
         .group_by(key, CUTOFF)
-        .agg((t < c).any().alias("_active"), (t >= c).any().alias("_bought"))
+        .agg(_ordered_in_lookback(lookback_days).any().alias("_active"), (t >= c).any().alias("_bought"))
         .filter(pl.col("_active"))
         .select(key, CUTOFF, (~pl.col("_bought")).cast(pl.Int8).alias(LABEL))
         .sort(CUTOFF, key)
@@ -153,14 +202,10 @@ def lead_conversion_labels(
     )
     grid = _cutoffs(lake, cutoffs, window_days)
     c = pl.col(CUTOFF)
-    conv, lost = pl.col("converted_at"), pl.col("lost_at")
+    conv = pl.col("converted_at")
     return (
         leads.join(grid, how="cross")
-        .filter(
-            (pl.col("created_at") < c)
-            & (conv.is_null() | (conv >= c))
-            & (lost.is_null() | (lost >= c))
-        )
+        .filter(_lead_open(CUTOFF))
         .select(
             key,
             CUTOFF,

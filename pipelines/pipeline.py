@@ -150,6 +150,27 @@ def _train_nbp(ctx: Context) -> str:
     return _trained(train_nbp(ctx.ws.lake))
 
 
+def _score_all(ctx: Context) -> str:
+    from pipelines.scoring.job import ScoreOptions, Skipped, score_all
+
+    runs = score_all(ctx.ws, options=ScoreOptions(profile=ctx.profile))
+    return "; ".join(
+        f"{r.task} not applicable: {r.reason}" if isinstance(r, Skipped)
+        else f"{r.task} {r.rows:,} rows v{r.model_version} in {r.seconds:.1f}s" for r in runs
+    )
+
+
+def _push_scores(ctx: Context) -> str:
+    from pipelines.scoring.publish import publish_all
+    from pipelines.scoring.table import partitions
+
+    tasks = [t for t in ("churn", "lead", "nbp") if partitions(ctx.ws.scores, t)]
+    if not tasks:
+        return "not applicable: nothing was scored"
+    done = publish_all(ctx.ws, tasks, online=True, profile=ctx.profile)
+    return ", ".join(f"{p.task} {p.rows:,} rows" for p in done) + " into the online store"
+
+
 STEPS: tuple[tuple[str, StepFn], ...] = (
     ("lake", _lake),
     ("validate", _validate),
@@ -159,6 +180,8 @@ STEPS: tuple[tuple[str, StepFn], ...] = (
     ("train churn", _train_churn),
     ("train lead", _train_lead),
     ("train nbp", _train_nbp),
+    ("score all", _score_all),
+    ("push scores", _push_scores),
 )
 
 

@@ -1,0 +1,214 @@
+"""Scores back to where CRM apps read them: the Feast online store and PostgreSQL.
+
+* ``push_online``: a run's rows into the ``<task>_scores`` feature view through
+  its push source (``features/feature_views.py``), so the service and apps read
+  precomputed scores with ``get_online_features`` (or ``read_online_scores``) by
+  the same entity key as every other feature. Pushing is Feast's own
+  ``FeatureStore.push``, in batches; a newer push replaces an entity's row.
+* ``write_postgres``: the run into ``<schema>.<task>_scores`` (created if
+  needed; primary key entity + as_of). One transaction deletes the rows of that
+  as_of and copies the new ones in, so a rerun replaces, never duplicates, and a
+  reader sees either the old or the new run, never half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from features.catalog import (
+    JOIN_KEYS,
+    SCORE_ENTITIES,
+    SCORE_FIELDS,
+    SCORE_TIMESTAMP,
+    SCORE_VIEW_NAMES,
+)
+from pipelines.errors import CrmscoreError
+from pipelines.scoring.table import latest_partition, read_manifest
+from pipelines.workspace import Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+
+#: Rows per ``FeatureStore.push`` call (bounds the protobuf conversion's memory).
+PUSH_BATCH = 20_000
+DEFAULT_PG_SCHEMA = "crmscore"
+
+
+class PublishSummary(BaseModel):
+    task: str
+    target: str
+    as_of: datetime
+    rows: int
+    seconds: float
+    model_version: str
+
+
+def read_run(ws: Workspace, task: str, as_of: datetime | None = None) -> tuple[pa.Table, Path]:
+    """The rows of one scoring run (the ``as_of`` partition, default the newest)."""
+    import pyarrow.dataset as ds
+
+    partition = latest_partition(ws.scores, task, as_of)
+    files = sorted(str(p) for p in partition.glob("*.parquet"))
+    table = ds.dataset(files, format="parquet").to_table() if files else None
+    if table is None:
+        raise CrmscoreError(f"{partition}: no parquet files")
+    return table, partition
+
+
+def push_online(ws: Workspace, task: str, as_of: datetime | None = None, profile: str = "local",
+                store: FeatureStore | None = None) -> PublishSummary:
+    """Push a scoring run into the online store through ``<task>_scores_push``."""
+    from feast.data_source import PushMode
+
+    from features.store import feature_store
+
+    started = time.perf_counter()
+    table, partition = read_run(ws, task, as_of)
+    manifest = read_manifest(partition)
+    store = store or feature_store(ws, profile)
+    view = SCORE_VIEW_NAMES[task]
+    _require_view(store, view)
+    frame = _push_frame(task, table)
+    for start in range(0, len(frame), PUSH_BATCH):
+        store.push(f"{view}_push", frame.iloc[start:start + PUSH_BATCH], to=PushMode.ONLINE)
+    seconds = time.perf_counter() - started
+    log.info("pushed %d %s scores (as of %s) into the online store in %.1fs", len(frame), task,
+             f"{manifest.as_of:%Y-%m-%d}", seconds)
+    return PublishSummary(task=task, target=f"feast online store ({view})", as_of=manifest.as_of,
+                          rows=len(frame), seconds=round(seconds, 3), model_version=manifest.model_version)
+
+
+def _require_view(store: FeatureStore, view: str) -> None:
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        store.get_feature_view(view)
+    except FeatureViewNotFoundException:
+        raise CrmscoreError(f"feature view {view!r} is not registered; run `crmscore features apply`") from None
+
+
+def _push_frame(task: str, table: pa.Table) -> pd.DataFrame:
+    key = JOIN_KEYS[SCORE_ENTITIES[task]]
+    columns = [key, SCORE_TIMESTAMP, *(f.name for f in SCORE_FIELDS[task])]
+    frame = table.select(columns).to_pandas()
+    for f in SCORE_FIELDS[task]:
+        if f.kind.endswith("_list"):
+            # Arrow lists arrive as numpy arrays; Feast's converter wants lists.
+            frame[f.name] = [None if v is None else list(v) for v in frame[f.name]]
+    return frame
+
+
+def read_online_scores(store: FeatureStore, task: str, ids: Sequence[str]) -> pd.DataFrame:
+    """The pushed scores of these entities (the view's registered features, in order)."""
+    view = store.get_feature_view(SCORE_VIEW_NAMES[task])
+    key = JOIN_KEYS[SCORE_ENTITIES[task]]
+    refs = [f"{view.name}:{f.name}" for f in view.features]
+    response = store.get_online_features(features=refs, entity_rows=[{key: str(i)} for i in ids])
+    return response.to_df()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+def _pg_type(kind: pa.DataType) -> str | None:
+    """The PostgreSQL column type of an Arrow type of the score tables."""
+    import pyarrow as pa
+
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _pg_type(kind.value_type)
+        return f"{inner}[]" if inner else None
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "text"
+    if pa.types.is_floating(kind):
+        return "double precision"
+    if pa.types.is_integer(kind):
+        return "bigint"
+    if pa.types.is_boolean(kind):
+        return "boolean"
+    if pa.types.is_timestamp(kind):
+        return "timestamptz" if kind.tz else "timestamp"
+    return None
+
+
+def pg_conninfo(url: str) -> str:
+    """``postgresql+psycopg://…`` (SQLAlchemy style) or ``postgresql://…`` → libpq URL."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    if not url.startswith("postgresql://"):
+        raise CrmscoreError(f"--to-postgres {url!r}: expected postgresql://user@host:port/database")
+    return url
+
+
+def write_postgres(ws: Workspace, task: str, url: str, as_of: datetime | None = None,
+                   schema: str = DEFAULT_PG_SCHEMA) -> PublishSummary:
+    """Replace the run's as_of in ``<schema>.<task>_scores`` with the run's rows."""
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        raise CrmscoreError("--to-postgres needs psycopg: pip install 'crmscore[postgres]'") from None
+
+    started = time.perf_counter()
+    table, partition = read_run(ws, task, as_of)
+    manifest = read_manifest(partition)
+    key = JOIN_KEYS[SCORE_ENTITIES[task]]
+    name = f"{task}_scores"
+    columns = table.schema.names
+    json_columns = {"reasons"}
+    defs = []
+    for f in table.schema:
+        pg_type = "jsonb" if f.name in json_columns else _pg_type(f.type)
+        if pg_type is None:
+            raise CrmscoreError(f"{name}.{f.name}: no PostgreSQL type for {f.type}")
+        defs.append(sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type)))
+    target = sql.Identifier(schema, name)
+    try:
+        with psycopg.connect(pg_conninfo(url)) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}, {}))").format(
+                target, sql.SQL(", ").join(defs), sql.Identifier(key), sql.Identifier(SCORE_TIMESTAMP)))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, sql.Identifier(SCORE_TIMESTAMP)),
+                        [manifest.as_of])
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                target, sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+            with cur.copy(copy_sql) as copy:
+                for batch in table.to_batches(max_chunksize=50_000):
+                    values = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+                    for row in zip(*values, strict=True):
+                        copy.write_row(row)
+    except psycopg.Error as exc:
+        raise CrmscoreError(f"--to-postgres: {type(exc).__name__}: {exc}".strip()) from None
+    seconds = time.perf_counter() - started
+    log.info("wrote %d %s scores (as of %s) to PostgreSQL %s.%s in %.1fs", table.num_rows, task,
+             f"{manifest.as_of:%Y-%m-%d}", schema, name, seconds)
+    return PublishSummary(task=task, target=f"postgresql {schema}.{name}", as_of=manifest.as_of,
+                          rows=table.num_rows, seconds=round(seconds, 3), model_version=manifest.model_version)
+
+
+def publish_all(ws: Workspace, tasks: Sequence[str], *, online: bool = True, profile: str = "local",
+                postgres: str | None = None, schema: str = DEFAULT_PG_SCHEMA,
+                as_of: datetime | None = None) -> list[PublishSummary]:
+    """Push each task's run (``as_of``, default its newest) to the online store and/or PostgreSQL."""
+    out: list[PublishSummary] = []
+    store: Any = None
+    for task in tasks:
+        if online:
+            if store is None:
+                from features.store import feature_store
+
+                store = feature_store(ws, profile)
+            out.append(push_online(ws, task, as_of, profile, store=store))
+        if postgres:
+            out.append(write_postgres(ws, task, postgres, as_of, schema))
+    return out
