@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 import mlflow
-from mlflow import MlflowClient
 from training.nbp import MODEL_NAME, NbpParams, load_recommender, train_nbp
-from training.registry import CHALLENGER, CHAMPION
+from training.registry import CHALLENGER, CHAMPION, configure_mlflow
 from training.trainer import result_json
 
 #: A deliberately poor model: two factors, one sweep, everyone on the factors.
@@ -36,7 +35,7 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_train_log_register_gate_both_ways_and_serve(world: Path, mlflow_store: Path) -> None:
-    client = MlflowClient()
+    client = configure_mlflow()  # also points MLflow at this test's store (a global)
 
     # 1. No champion yet: the first version is promoted whatever it is worth.
     first = train_nbp(world, params=WEAK)
