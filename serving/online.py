@@ -1,8 +1,8 @@
 """Online features on the request path: ``features.online.read_online``, shaped for scoring.
 
 ``read_online`` (the project's one online read, with per-view freshness) returns
-a DataFrame; scoring wants per-feature arrays and, per requested id, whether a
-row was found, its age and a stale flag. This adapter does that, and turns the
+per-feature columns; scoring wants those and, per requested id, whether a row
+was found, its age and a stale flag. This adapter does that, and turns the
 store's own exceptions (connection refused, locked, missing table) into
 ``StoreUnavailable`` so the service answers 503 instead of 500.
 """
@@ -15,8 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from pipelines.errors import CrmscoreError
 
@@ -53,7 +51,7 @@ class Rows:
     """Feature values of a batch, one entry per requested id, in request order."""
 
     ids: list[str]
-    values: Mapping[str, Any]  # feature -> numpy array (or list) of n values
+    values: Mapping[str, Any]  # feature -> n values (a numpy object array or a list)
     found: list[bool]  # a row in every view read
     age_seconds: list[float | None]  # the oldest view row's age; None when a view had none
     stale: list[bool]  # missing, or older than its view's TTL
@@ -108,7 +106,7 @@ class OnlineReader:
             raise StoreUnavailable(f"online store unavailable ({exc.__class__.__name__})") from exc
         except CrmscoreError as exc:  # e.g. the service was removed from the registry
             raise StoreUnavailable(str(exc)) from exc
-        values = _columns(result.features, self.features)
+        values = {name: result.columns[name] for name in self.features}
         fresh = [result.freshness[v] for v in self.views]
         found = [all(f.found[i] for f in fresh) for i in range(len(ids))]
         stale = [any(f.stale[i] for f in fresh) for i in range(len(ids))]
@@ -122,24 +120,3 @@ class OnlineReader:
         """Read an id that does not exist: raises ``StoreUnavailable`` if the store is down."""
         self.read([PROBE_ID], datetime.now(UTC))
 
-
-def _columns(frame: Any, names: list[str]) -> dict[str, Any]:
-    """The frame's columns as numpy arrays, straight from its blocks.
-
-    ``frame[name]`` builds a Series per column: ~0.2 ms for a 37-feature row, more
-    than the model takes to score it. The blocks already are the arrays; any change
-    in pandas' internals falls back to the public path.
-    """
-    try:
-        columns = list(frame.columns)
-        out: dict[str, Any] = {}
-        for block in frame._mgr.blocks:
-            values = block.values
-            for row, j in enumerate(block.mgr_locs.as_array):
-                # 2-D numpy blocks hold one column per row; anything else (an extension
-                # array) is one column: take it the public way.
-                two_d = isinstance(values, np.ndarray) and values.ndim == 2
-                out[columns[j]] = values[row] if two_d else frame.iloc[:, j].to_numpy()
-        return {name: out[name] for name in names}
-    except Exception:  # noqa: BLE001  (pandas internals moved: the public path is exact)
-        return {name: frame[name].to_numpy() for name in names}

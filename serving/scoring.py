@@ -47,9 +47,12 @@ class Encoder:
             codes = self.codes.get(col)
             if codes is not None:
                 x[:, j] = [NAN if _missing(v) else codes.get(str(v), NAN) for v in column]
-            elif isinstance(column, np.ndarray) and column.dtype.kind in "iufb":
-                x[:, j] = column  # already numeric (NaN for missing): no per-value work
-            else:
+                continue
+            try:
+                # One C-level cast: numbers, bools, numeric strings and None (-> NaN) convert
+                # exactly as float() and _number do.
+                x[:, j] = np.asarray(column, dtype=object).astype(np.float64)
+            except (TypeError, ValueError):  # a non-numeric value somewhere: NaN for it alone
                 x[:, j] = [_number(v) for v in column]
         return x
 

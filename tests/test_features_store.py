@@ -328,3 +328,23 @@ def test_frame_builder_matches_pandas() -> None:
     frame = _frame(cases[0], 2)
     frame.loc[0, "b"] = 5  # an ordinary, writable frame
     assert frame.loc[0, "b"] == 5 and cases[0]["b"] == [1, 2]
+
+
+def test_decoded_values_are_memoized_but_lists_never_shared() -> None:
+    """Each distinct stored ValueProto is parsed once and reused; list values are parsed
+    per occurrence (so two rows never share one mutable list) and stored as lists, not
+    spread into the grid by numpy."""
+    from feast.protos.feast.types.Value_pb2 import Int64List
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    from features.online import _decode_many, _objects
+
+    three = ValueProto(int64_val=3).SerializeToString()
+    name = ValueProto(string_val="smb").SerializeToString()
+    items = ValueProto(int64_list_val=Int64List(val=[1, 2])).SerializeToString()
+    values, nested = _decode_many([three, None, b"", name, three])
+    assert (values, nested) == ([3, None, None, "smb", 3], False)
+    values, nested = _decode_many([items, three, items])
+    assert nested and values == [[1, 2], 3, [1, 2]] and values[0] is not values[2]
+    column = _objects(values, nested)
+    assert column.shape == (3,) and column[0] == [1, 2] and column[1] == 3
