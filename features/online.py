@@ -493,10 +493,13 @@ def _redis_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple[
                 _STAMPS[memo] = ts
         return ts
 
+    state: dict[str, Any] = {}
+
     def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray]:
         keys = [k + project for k in _entity_keys(join_keys, ids, version)]
-        client = online._get_client(config.online_store)
-        with client.pipeline(transaction=False) as pipe:
+        if "client" not in state:
+            state["client"] = _fail_fast_client(online, config.online_store)
+        with state["client"].pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hmget(key, fields)
             replies = pipe.execute()
@@ -509,6 +512,24 @@ def _redis_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple[
         return stamps, grid[:, :width]
 
     return read
+
+
+def _fail_fast_client(online: Any, settings: Any) -> Any:
+    """A client on Feast's connection settings (host, db, password, socket timeouts) with
+    one immediate retry, for a connection Redis dropped, instead of redis-py's default of
+    three with exponential backoff: that adds ~7 s to every call while Redis is down or
+    partitioned, so a request would wait instead of getting its 503 within the timeouts.
+    Cluster and Sentinel setups keep Feast's own client."""
+    from feast.infra.online_stores.redis import RedisType
+
+    if settings.redis_type != RedisType.redis:
+        return online._get_client(settings)
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    nodes, options = online._parse_connection_string(settings.connection_string)
+    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options, retry=Retry(NoBackoff(), 1))
 
 
 def _provider_reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...], features: tuple[str, ...]) -> Reader:

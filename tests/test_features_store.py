@@ -160,8 +160,13 @@ def test_training_frame_errors(feature_workspace: FeatureWorkspace) -> None:
 
 
 def test_profiles() -> None:
-    assert redis_connection_string("redis://127.0.0.1:6379/0") == "127.0.0.1:6379,db=0"
-    assert redis_connection_string("rediss://:s3cret@cache:6380/2") == "cache:6380,db=2,password=s3cret,ssl=true"
+    timeouts = "socket_connect_timeout=1,socket_timeout=2"
+    assert redis_connection_string("redis://127.0.0.1:6379/0") == f"127.0.0.1:6379,db=0,{timeouts}"
+    assert redis_connection_string("rediss://:s3cret@cache:6380/2") == f"cache:6380,db=2,password=s3cret,ssl=true,{timeouts}"
+    assert redis_connection_string("redis://cache/1?socket_timeout=0.5").endswith("socket_connect_timeout=1,socket_timeout=0.5")
+    for bad in ("redis://cache/0?timeout=1", "redis://cache/0?socket_timeout=soon", "redis://cache/0?socket_timeout=0"):
+        with pytest.raises(CrmscoreError, match="CRMSCORE_REDIS_URL"):
+            redis_connection_string(bad)
     with pytest.raises(CrmscoreError):
         redis_connection_string("http://x")
     from pipelines.workspace import Workspace
@@ -171,7 +176,7 @@ def test_profiles() -> None:
     assert local["online_store"] == {"type": "sqlite", "path": "/w/feast/online_store.db"}
     assert local["registry"]["path"] == "/w/feast/registry.db"
     prod = config_dict(ws, StoreSettings(profile=Profile.REDIS, redis_url="redis://h:1/3", registry_url="postgresql+psycopg://u@h/db"))
-    assert prod["online_store"] == {"type": "redis", "connection_string": "h:1,db=3"}
+    assert prod["online_store"] == {"type": "redis", "connection_string": f"h:1,db=3,{timeouts}"}
     assert prod["registry"]["registry_type"] == "sql"
 
 

@@ -113,3 +113,48 @@ def test_redis_profile_answers_like_sqlite_and_recovers_from_an_outage(
     private_redis.start()  # same port, same data: the service needs no restart
     assert redis_side.ready()
     assert redis_side.churn_risk(request) == sqlite_side.churn_risk(request)
+
+
+def test_a_redis_that_stops_answering_is_a_503_in_seconds_not_a_hang(
+        serving_world: ServingWorld, private_redis: PrivateRedis, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition (the server alive but silent, as SIGSTOP makes it) must not hold a
+    request until BentoML's 30 s timeout: the socket timeout from the URL turns it into
+    Unavailable (503), and the service answers again once Redis does."""
+    import os
+    import signal
+
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    from features.store import Profile, StoreSettings, config_dict, materialize_latest
+    from serving.predictor import Predictor, ServingSettings, Unavailable
+    from serving.schemas import ChurnRiskRequest
+    from training.registry import configure_mlflow
+
+    for name, value in serving_world.env().items():
+        monkeypatch.setenv(name, value)
+    configure_mlflow()
+    ws = serving_world.ws
+    registry = tmp_path / "registry.db"
+    shutil.copy(ws.feast / "registry.db", registry)
+    url = f"redis://127.0.0.1:{private_redis.port}/0?socket_timeout=0.5"
+    config = config_dict(ws, StoreSettings(profile=Profile.REDIS, redis_url=url))
+    config["registry"] = {"registry_type": "file", "path": str(registry)}
+    store = FeatureStore(config=RepoConfig(repo_path=ws.feature_tables, **config))
+    materialize_latest(store, ws.feature_tables)
+    predictor = Predictor(ServingSettings.from_env().model_copy(update={"profile": Profile.REDIS, "models": ["churn"]}),
+                          store=store)
+    request = ChurnRiskRequest(customer_ids=serving_world.customer_ids[:5])
+    answered = predictor.churn_risk(request)
+
+    assert private_redis.proc is not None
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"online store unavailable \(TimeoutError\)"):
+            predictor.churn_risk(request)
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    assert predictor.churn_risk(request) == answered
