@@ -357,7 +357,8 @@ def main() -> None:
             f"--seconds {args.seconds:.0f}{' --redis' if args.redis else ''} --write`), {header}. Both servers "
             "(1 worker each) and the client run on this machine; the echo is a bare BentoML service with the "
             "same request schema (no key check, no model), measured in the same run, interleaved in rounds.\n\n"
-            + table)
+            + table + "\n\nWhere the time goes per stage, and what was tried for batch 100: docs/serving.md, "
+            "section Performance.")
     print(body)
     if args.write:
         write_section("serving", body)
