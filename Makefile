@@ -27,9 +27,10 @@ demo: setup
 	$(BIN)/crmscore pipeline run --world $(DEMO_CUSTOMERS) --seed 1
 	$(BIN)/crmscore serve --port $(DEMO_PORT) --as-of snapshot --print-examples
 
-# The whole suite, slow tests included (CI runs this). Two workers on two cores, so
-# each one's OpenMP (LightGBM, implicit) gets one thread instead of fighting for two.
-test: setup
+# The whole suite, slow tests included (CI runs this), after the linter (a second).
+# Two workers on two cores, so each one's OpenMP (LightGBM, implicit) gets one thread
+# instead of fighting for two.
+test: setup lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 # The quick inner loop: everything not marked slow.

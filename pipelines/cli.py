@@ -331,7 +331,7 @@ def pipeline_run(
 
 # --- features: build, apply, materialize (pipelines/cli_features.py) --------------
 
-from pipelines.cli_features import features_app  # noqa: E402  (uses the helpers above)
+from pipelines.cli_features import features_app  # imported here: it uses the helpers above
 
 app.add_typer(
     features_app,
@@ -341,12 +341,12 @@ app.add_typer(
 
 # --- serving: serve, keys (pipelines/cli_serving.py) ------------------------------
 
-from pipelines.cli_serving import register as _register_serving  # noqa: E402
+from pipelines.cli_serving import register as _register_serving
 
 _register_serving(app)
 
 # --- scoring: score, push-scores (pipelines/cli_score.py) --------------------------
 
-from pipelines.cli_score import register as _register_scoring  # noqa: E402
+from pipelines.cli_score import register as _register_scoring
 
 _register_scoring(app)

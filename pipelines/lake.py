@@ -13,7 +13,6 @@ rerun replaces the previous one whole.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -87,7 +87,7 @@ def validate_lake(lake: Path, now: datetime | None = None) -> list[Problem]:
             continue
         try:
             raw = pl.read_parquet(path)
-        except Exception as exc:  # a truncated or foreign file; polars raises several types
+        except Exception as exc:  # noqa: BLE001  (a truncated or foreign file: polars raises several types)
             problems.append(
                 Problem(table=name, rule="readable", rows=0,
                         message=f"cannot read {path.name} as parquet: {_first_line(exc)}")
@@ -368,18 +368,18 @@ def _check_row_rules(frames: dict[str, pl.DataFrame]) -> list[Problem]:
                             message=f"{bad} rows have {later} before {earlier}")
                 )
     interactions = frames.get("interactions")
-    if interactions is not None and {"type", "value"} <= set(interactions.columns):
-        if interactions["value"].dtype == pl.Float64:
-            for kind, (low, high) in SURVEY_RANGES.items():
-                rows = interactions.filter(pl.col("type") == kind)
-                bad = rows.select(
-                    (pl.col("value").is_null() | (pl.col("value") < low) | (pl.col("value") > high)).sum()
-                ).item()
-                if bad:
-                    problems.append(
-                        Problem(table="interactions", column="value", rule="survey_range", rows=bad,
-                                message=f"{bad} {kind} rows have no value or one outside {low:g}–{high:g}")
-                    )
+    if (interactions is not None and {"type", "value"} <= set(interactions.columns)
+            and interactions["value"].dtype == pl.Float64):
+        for kind, (low, high) in SURVEY_RANGES.items():
+            rows = interactions.filter(pl.col("type") == kind)
+            bad = rows.select(
+                (pl.col("value").is_null() | (pl.col("value") < low) | (pl.col("value") > high)).sum()
+            ).item()
+            if bad:
+                problems.append(
+                    Problem(table="interactions", column="value", rule="survey_range", rows=bad,
+                            message=f"{bad} {kind} rows have no value or one outside {low:g}–{high:g}")
+                )
     leads = frames.get("leads")
     if leads is not None and {"converted_at", "lost_at"} <= set(leads.columns):
         bad = leads.select((pl.col("converted_at").is_not_null() & pl.col("lost_at").is_not_null()).sum()).item()

@@ -82,8 +82,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 
 @pytest.mark.slow
 def test_the_reference_is_the_champions_holdout(ws: Workspace) -> None:
-    from features.store import feature_store
     from mlflow import MlflowClient
+
+    from features.store import feature_store
     from pipelines.scoring.inputs import resolve_service
     from pipelines.scoring.job import _reference
     from training.model import load_model
@@ -102,6 +103,7 @@ def test_the_reference_is_the_champions_holdout(ws: Workspace) -> None:
 @pytest.mark.slow
 def test_a_scoring_run_logs_its_drift_report_to_mlflow(ws: Workspace) -> None:
     from mlflow import MlflowClient
+
     from pipelines.drift import EXPERIMENT
     from pipelines.scoring.job import ScoreOptions, score
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
-import mlflow
 from training.nbp import MODEL_NAME, NbpParams, load_recommender, train_nbp
 from training.registry import CHALLENGER, CHAMPION, configure_mlflow
 from training.trainer import result_json

@@ -277,6 +277,7 @@ def test_store_outage_is_a_503_and_readyz_recovers_by_itself(http: Http, serving
 def test_a_model_without_champion_is_a_503_and_not_ready(serving_world: ServingWorld, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
+
     from serving.predictor import Predictor, ServingSettings, Unavailable
     from serving.schemas import LeadInput, LeadScoreRequest
 
@@ -307,6 +308,7 @@ def test_hot_reload_swaps_versions_under_load_without_failing_a_request(
     """In process, on the predictor (BentoML's metrics allow one app per process; the admin
     call over real HTTP is in test_serving_e2e.py): an admin reload, then the registry poll."""
     from mlflow import MlflowClient
+
     from serving.predictor import Predictor, ServingSettings
     from serving.schemas import ChurnRiskRequest
     from training.registry import promote

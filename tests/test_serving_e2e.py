@@ -51,6 +51,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 def test_real_server_end_to_end(serving_world: ServingWorld, tmp_path: Path) -> None:
     from mlflow import MlflowClient
+
     from training.registry import promote
 
     uri = private_registry(serving_world, tmp_path)

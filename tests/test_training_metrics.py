@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from training.calibration import CHURN_BANDS, LEAD_GRADES, Calibrator, Grading, score_1_99
-from training.metrics import binary_metrics, evaluate, expected_calibration_error, flatten, top_fraction
+from training.metrics import (
+    binary_metrics,
+    evaluate,
+    expected_calibration_error,
+    flatten,
+    top_fraction,
+)
 
 Y = [1, 0, 1, 0, 0, 1, 0, 0, 0, 0]
 P = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]

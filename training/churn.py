@@ -19,7 +19,14 @@ from features.labels import CHURN_WINDOW_DAYS, churn_labels
 from pipelines.lake import read_table
 from pipelines.workspace import Workspace
 from training.calibration import CHURN_BANDS
-from training.frames import attach_oracle, choose_cutoffs, column, ensure_snapshots, labelled_frame, logistic
+from training.frames import (
+    attach_oracle,
+    choose_cutoffs,
+    column,
+    ensure_snapshots,
+    labelled_frame,
+    logistic,
+)
 from training.model import ModelSpec
 from training.trainer import BinaryTask, TrainResult, train_binary
 

@@ -71,13 +71,15 @@ def ensure_snapshots(ws: Workspace, cutoffs: list[datetime]) -> None:
 
 def labelled_frame(ws: Workspace, service: str, labels: pl.DataFrame, profile: str = "local") -> pd.DataFrame:
     """The point-in-time training frame of ``labels`` through ``service``."""
+    from feast.errors import FeatureServiceNotFoundException
+
     from features.store import apply_repository, feature_store
     from features.training import training_frame
 
     store = feature_store(ws, profile)
     try:
         store.get_feature_service(service)
-    except Exception:  # not applied yet in this workspace: register it now
+    except FeatureServiceNotFoundException:  # not applied yet in this workspace: register it now
         apply_repository(store, ws.feature_tables, profile)
     return training_frame(store, service, labels)
 

@@ -18,7 +18,14 @@ from pipelines.errors import CrmscoreError
 from pipelines.lake import read_table
 from pipelines.workspace import Workspace
 from training.calibration import LEAD_GRADES
-from training.frames import attach_oracle, choose_cutoffs, column, ensure_snapshots, labelled_frame, logistic
+from training.frames import (
+    attach_oracle,
+    choose_cutoffs,
+    column,
+    ensure_snapshots,
+    labelled_frame,
+    logistic,
+)
 from training.model import ModelSpec
 from training.trainer import BinaryTask, TrainResult, train_binary
 

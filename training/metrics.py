@@ -102,4 +102,4 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
     for segment, values in metrics.get("by_segment", {}).items():
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in segment)
         flat.update({f"{prefix}segment.{safe}.{k}": v for k, v in values.items()})
-    return {k: v for k, v in flat.items() if v == v}  # MLflow rejects NaN-only noise
+    return {k: v for k, v in flat.items() if not math.isnan(v)}  # MLflow rejects NaN-only noise

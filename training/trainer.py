@@ -31,7 +31,13 @@ from pipelines.errors import CrmscoreError
 from training import plots
 from training.calibration import Calibrator, Grading
 from training.metrics import evaluate, flatten
-from training.model import ModelSpec, ScoringModel, fit_categories, prepare_features, save_model_files
+from training.model import (
+    ModelSpec,
+    ScoringModel,
+    fit_categories,
+    prepare_features,
+    save_model_files,
+)
 from training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -359,11 +365,11 @@ def model_card(task: BinaryTask, metrics: dict, base: dict, oracle: dict | None,
     lines = [
         f"# {spec.model_name}: evaluation report",
         "",
-        f"- task: {spec.task}" + (f" ({spec.mode} mode)" if spec.mode else "")
-        + f", label window {spec.label_window_days} days",
+        (f"- task: {spec.task}" + (f" ({spec.mode} mode)" if spec.mode else "")
+         + f", label window {spec.label_window_days} days"),
         f"- features: feature service `{spec.feature_service}` ({len(spec.features)} features)",
-        f"- holdout: the newest cutoff, {int(metrics['overall']['rows'])} rows, "
-        f"positive rate {metrics['overall']['positive_rate']:.3f}",
+        (f"- holdout: the newest cutoff, {int(metrics['overall']['rows'])} rows, "
+         f"positive rate {metrics['overall']['positive_rate']:.3f}"),
         f"- trees: {booster.best_iteration} (early stopping on the validation cutoff)",
         "",
         "| metric | " + " | ".join(cols) + " |",
@@ -380,8 +386,8 @@ def model_card(task: BinaryTask, metrics: dict, base: dict, oracle: dict | None,
     rule = ", ".join(f"{label} ≥ {t:.4f}" for label, t in zip(grading.labels, grading.thresholds, strict=False))
     shares = ", ".join(f"{label} {s:.0%}" for label, s in zip(grading.labels, grading.shares, strict=True))
     lines += ["", "## Grades", "",
-              f"Thresholds on the calibrated probability, from validation-fold quantiles ({shares}): "
-              f"{rule}; below the last threshold: {grading.labels[-1]}.", ""]
+              (f"Thresholds on the calibrated probability, from validation-fold quantiles ({shares}): "
+               f"{rule}; below the last threshold: {grading.labels[-1]}."), ""]
     return "\n".join(lines)
 
 

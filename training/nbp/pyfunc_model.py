@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
-
-import mlflow
 
 
 class NextBestProductModel(PythonModel):

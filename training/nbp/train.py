@@ -247,9 +247,9 @@ def load_recommender(alias: str | None = "champion", version: str | None = None,
     With ``lake``, the lake's orders (before ``as_of``, default: all) are folded in:
     current ownership and order counts, and factors for customers the model never saw.
     """
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    import mlflow
     from training.nbp.recommender import artifact_paths, read_recommender
     from training.registry import configure_mlflow
 
@@ -331,6 +331,7 @@ def _requirements() -> list[str]:
 def log_model(rec: Recommender, example_ids: list[str]) -> Any:
     """Log the pyfunc (model from code) with .npy/.json artifacts only; returns the ModelInfo."""
     import mlflow
+
     from training.nbp.recommender import save_recommender
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -396,8 +397,8 @@ def train_nbp(lake: Path, window_days: int = 30, cutoff: datetime | None = None,
     baseline and holds the per-segment one under ``segment_popularity``).
     """
     import matplotlib.pyplot as plt
-
     import mlflow
+
     from training.metrics import flatten
     from training.nbp import report
     from training.registry import (
