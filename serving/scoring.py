@@ -38,22 +38,30 @@ class Encoder:
         }
 
     def matrix(self, values: Mapping[str, Sequence[Any]], n: int) -> np.ndarray:
-        x = np.empty((n, len(self.features)), dtype=np.float64)
+        x = np.full((n, len(self.features)), NAN)
+        numeric: list[int] = []
         for j, col in enumerate(self.features):
             column = values.get(col)
             if column is None:
-                x[:, j] = NAN
-                continue
+                continue  # not given: missing
             codes = self.codes.get(col)
-            if codes is not None:
+            if codes is None:
+                numeric.append(j)
+            else:
                 x[:, j] = [NAN if _missing(v) else codes.get(str(v), NAN) for v in column]
-                continue
-            try:
-                # One C-level cast: numbers, bools, numeric strings and None (-> NaN) convert
-                # exactly as float() and _number do.
-                x[:, j] = np.asarray(column, dtype=object).astype(np.float64)
-            except (TypeError, ValueError):  # a non-numeric value somewhere: NaN for it alone
-                x[:, j] = [_number(v) for v in column]
+        if not numeric:
+            return x
+        # All numeric columns in one C-level cast (one numpy call per column cost more than
+        # the model for a single row): numbers, bools, numeric strings and None (-> NaN)
+        # convert exactly as float() and _number do.
+        block = np.empty((len(numeric), n), dtype=object)
+        try:
+            for row, j in enumerate(numeric):
+                block[row] = values[self.features[j]]
+            x[:, numeric] = block.astype(np.float64).T
+        except (TypeError, ValueError):  # a non-numeric value somewhere: NaN for it alone
+            for j in numeric:
+                x[:, j] = [_number(v) for v in values[self.features[j]]]
         return x
 
 

@@ -235,6 +235,11 @@ def test_encoder_builds_exactly_the_matrix_prepare_features_builds() -> None:
     expected = prepare_features(pd.DataFrame(values), spec).to_numpy()
     got = Encoder(spec).matrix(values, 5)
     np.testing.assert_array_equal(got, expected)
+    # As the online reader gives them (object arrays), all numeric values castable at once,
+    # and a feature the store did not serve (missing: NaN).
+    as_read = {k: np.array(v, dtype=object) for k, v in values.items() if k != "s_num"}
+    expected = prepare_features(pd.DataFrame({**as_read, "s_num": [None] * 5}), spec).to_numpy()
+    np.testing.assert_array_equal(Encoder(spec).matrix(as_read, 5), expected)
 
 
 # --- the champion swap ------------------------------------------------------------------------
