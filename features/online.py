@@ -25,11 +25,13 @@ and refreshed when Feast's registry cache is, so ``apply`` is picked up.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -421,9 +423,19 @@ def _sqlite_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple
     state: dict[str, Any] = {}
 
     def conn() -> sqlite3.Connection:
-        # A connection of our own without per-row type converters (Feast's has them).
-        if "conn" not in state:
-            state["conn"] = sqlite3.connect(path, check_same_thread=False)
+        # A connection of our own without per-row type converters (Feast's has them),
+        # reopened when the file is replaced (a rebuilt workspace): an open connection
+        # would go on reading the old, unlinked file. mode=rw never creates an empty store
+        # where there is none; a missing file raises (the service answers 503).
+        stat = os.stat(path)
+        identity = (stat.st_dev, stat.st_ino)
+        if state.get("identity") != identity:
+            previous = state.get("conn")
+            state["conn"] = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True,
+                                            check_same_thread=False)
+            state["identity"] = identity
+            if previous is not None:
+                previous.close()
         return state["conn"]
 
     def stamp(raw: Any) -> datetime | None:

@@ -353,3 +353,32 @@ def test_decoded_values_are_memoized_but_lists_never_shared() -> None:
     assert nested and values == [[1, 2], 3, [1, 2]] and values[0] is not values[2]
     column = _objects(values, nested)
     assert column.shape == (3,) and column[0] == [1, 2] and column[1] == 3
+
+
+def test_fast_sqlite_read_follows_a_replaced_store_file(tmp_path: Path) -> None:
+    """A workspace rebuilt under a running service replaces online_store.db: the reader
+    must read the new file, not the unlinked one its connection still holds open."""
+    import shutil
+    import sqlite3
+
+    from features.online import _entity_keys, read_online
+    from features.store import apply_repository, feature_store, materialize_latest
+
+    ws = tricky_workspace(tmp_path)
+    store = feature_store(ws)
+    apply_repository(store, ws.feature_tables)
+    materialize_latest(store, ws.feature_tables)
+    assert read_online(store, "churn_v1", ["C1", "C3"]).freshness["customer_features"].found == [True, True]
+
+    db = ws.feast / "online_store.db"
+    rebuilt = tmp_path / "rebuilt.db"
+    shutil.copy(db, rebuilt)
+    with sqlite3.connect(rebuilt) as conn:  # the rebuilt store no longer has C3's row
+        (c3,) = _entity_keys(("customer_id",), [("C3",)], store.config.entity_key_serialization_version)
+        conn.execute('DELETE FROM "crmscore_customer_features" WHERE entity_key = ?', (c3,))
+    os.replace(rebuilt, db)
+    assert read_online(store, "churn_v1", ["C1", "C3"]).freshness["customer_features"].found == [True, False]
+    db.unlink()
+    with pytest.raises(FileNotFoundError):
+        read_online(store, "churn_v1", ["C1"])
+    assert not db.exists()  # no empty store made in its place
