@@ -452,8 +452,8 @@ def _sqlite_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple
 
     def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray]:
         keys = _entity_keys(join_keys, ids, version)
-        # The request's position of each key comes back as a small int instead of the
-        # 40-byte key: a batch of 100 is 3,700 rows, and each object fewer per row counts.
+        # Each row comes back with its key's position in the request (a small int) instead
+        # of the 40-byte key, so it lands in its grid row without a lookup by key.
         sql = (f"WITH q(i, k) AS (VALUES {','.join(['(?, ?)'] * len(keys))}) "
                f"SELECT q.i, t.feature_name, t.value, t.event_ts FROM q JOIN {table} t ON t.entity_key = q.k")
         grid = np.full((len(keys), width + 1), None, dtype=object)
