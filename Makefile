@@ -38,7 +38,7 @@ test-fast: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check features training serving pipelines tests bench
+	$(BIN)/ruff check crmdata features training serving pipelines tests bench
 
 # Each script prints its figures and rewrites its own section of BENCHMARKS.md.
 # Heavy: 1M-customer worlds; run them on an otherwise idle machine.

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_features.py [--customers 100000] [--materialize 50000]
                                              [--write BENCHMARKS.md]
 
-* build: ``build_features`` on a generated world (``pipelines.synth``) at 12 weekly
+* build: ``build_features`` on a generated world (``crmdata.synth``) at 12 weekly
   snapshots, and on half its customers to measure how it scales;
 * training frame: ``training_frame`` (``get_historical_features``) of churn_v1
   for 200k (customer, cutoff) rows;
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from crmdata.workspace import Workspace
 from features.build import (
     BUILD_SUMMARY,
     BuildSummary,
@@ -56,7 +57,6 @@ from features.store import (
     materialize_latest,
 )
 from features.training import training_frame
-from pipelines.workspace import Workspace
 
 log = logging.getLogger("bench_features")
 
@@ -75,7 +75,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 def world(workdir: Path, customers: int) -> Path:
     lake = workdir / f"lake{customers}"
     if not (lake / "_lake.json").exists():
-        from pipelines.synth import WorldConfig, generate_world
+        from crmdata.synth import WorldConfig, generate_world
 
         log.info("generating a %d-customer world", customers)
         generate_world(WorldConfig(customers=customers, leads=customers // 5, products=200, seed=1), lake)

@@ -37,7 +37,7 @@ BUDGET_RSS_GB = {1_000_000: 6.0}
 _CHILD = """
 import json, sys
 from pathlib import Path
-from pipelines.synth import WorldConfig, generate_world
+from crmdata.synth import WorldConfig, generate_world
 customers, seed, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 summary = generate_world(WorldConfig(customers=customers, leads=customers // 2, seed=seed), out)
 print(json.dumps(summary.model_dump()))
@@ -102,7 +102,7 @@ def render(runs: list[Run], seed: int, load: tuple[float, float, float]) -> str:
         "",
         (
             "What: `crmscore generate --customers N --leads N/2 --products 200 --seed "
-            f"{seed}` (the synthetic world, pipelines/synth), end to end: simulation, parquet lake, truth."
+            f"{seed}` (the synthetic world, crmdata/synth), end to end: simulation, parquet lake, truth."
         ),
         "How: `.venv/bin/python bench/bench_generate.py`; each size runs in its own child process;",
         "wall time is measured around the process (imports included), CPU time and peak RSS come",

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_nbp.py [--customers 100000] [--repeats 3] [--write BENCHMARKS.md]
 
-On a ``pipelines.synth`` world (generated once into /tmp/crmscore-bench, reused):
+On a ``crmdata.synth`` world (generated once into /tmp/crmscore-bench, reused):
 
 - quality: ``train_nbp`` with the CLI defaults; NDCG@10 of the model, the
   popularity baselines and the oracle on the same test customers;
@@ -54,8 +54,8 @@ Notes (from the experiments in docs/next-best-product.md, not measured by this s
 
 
 def world(customers: int, products: int, seed: int) -> Path:
-    from pipelines.lake import MANIFEST
-    from pipelines.synth import WorldConfig, generate_world
+    from crmdata.lake import MANIFEST
+    from crmdata.synth import WorldConfig, generate_world
 
     lake = ROOT / f"nbp-world-{customers}-{products}-{seed}"
     if not (lake / MANIFEST).exists():
@@ -157,7 +157,7 @@ def main() -> None:
     sb, o = res.baseline["segment_popularity"]["overall"], (res.oracle or {}).get("overall")
     ndcg = m["ndcg_at_10"]
     data_line = (
-        f"Data: a `pipelines.synth` world (seed {args.seed}) with {args.customers:,} customers, "
+        f"Data: a `crmdata.synth` world (seed {args.seed}) with {args.customers:,} customers, "
         f"{data.orders.height:,} product orders, {data.catalogue.n} products; time split at "
         f"{split.cutoff:%Y-%m-%d} (test = the next 30 days), matrix {matrix.shape[0]:,} × {matrix.shape[1]} "
         f"with {matrix.nnz:,} non-zeros, {int(m['users']):,} test customers. CLI defaults: ALS, "

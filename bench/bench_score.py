@@ -38,7 +38,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, median, write_section
-from pipelines.workspace import Workspace
+from crmdata.workspace import Workspace
 
 log = logging.getLogger("bench_score")
 
@@ -52,7 +52,7 @@ def use_home(home: Path) -> Workspace:
 def trained_world(home: Path) -> Workspace:
     ws = use_home(home)
     if not (home / ".trained").exists():
-        from pipelines.synth import WorldConfig, generate_world
+        from crmdata.synth import WorldConfig, generate_world
         from training.churn import train_churn
 
         shutil.rmtree(home, ignore_errors=True)

@@ -62,10 +62,10 @@ class Echo:
 
 def build_world(home: Path, customers: int) -> None:
     """Generate, train the three champions with the real jobs, apply and materialize (local)."""
+    from crmdata.synth import WorldConfig, generate_world
+    from crmdata.workspace import Workspace
     from features.build import build_features, snapshot_grid
     from features.store import apply_repository, feature_store, materialize_latest
-    from pipelines.synth import WorldConfig, generate_world
-    from pipelines.workspace import Workspace
     from training.churn import train_churn
     from training.lead import train_lead
     from training.nbp import train_nbp
@@ -285,13 +285,13 @@ def redis_profile(home: Path) -> Iterator[dict[str, str]]:
     import psycopg
     import redis
 
+    from crmdata.workspace import Workspace
     from features.store import (
         DEFAULT_REDIS_URL,
         apply_repository,
         feature_store,
         materialize_latest,
     )
-    from pipelines.workspace import Workspace
 
     name = f"crmscore_bench_{uuid.uuid4().hex[:8]}"
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     context = machine()
 
-    from pipelines.synth import WorldConfig, generate_world
-    from pipelines.workspace import Workspace
+    from crmdata.synth import WorldConfig, generate_world
+    from crmdata.workspace import Workspace
     from training.churn import train_churn
     from training.lead import train_lead
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     cdnow = None
     if not args.skip_cdnow:
-        from pipelines.importer import import_lake
+        from crmdata.importer import import_lake
 
         cws = Workspace(ROOT / "train-cdnow")
         shutil.rmtree(cws.home, ignore_errors=True)

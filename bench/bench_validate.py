@@ -19,9 +19,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, median, write_section
-from pipelines.contract import TABLES
-from pipelines.lake import table_path
-from pipelines.validate import validate_lake
+from crmdata.contract import TABLES
+from crmdata.lake import table_path
+from crmdata.validate import validate_lake
 
 log = logging.getLogger("bench_validate")
 
@@ -36,7 +36,7 @@ def main() -> None:
     context = machine()
     lake = args.lake or Path(f"/tmp/crmscore-bench/world-{args.customers}")
     if not (lake / "orders.parquet").exists():
-        from pipelines.synth import WorldConfig, generate_world
+        from crmdata.synth import WorldConfig, generate_world
 
         log.info("generating %d customers into %s", args.customers, lake)
         generate_world(WorldConfig(customers=args.customers, leads=args.customers // 2, seed=1), lake)

@@ -20,7 +20,6 @@ Outputs (written atomically: a rerun replaces the directory, never appends):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -32,6 +31,25 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, Field
 
+from crmdata.contract import (
+    COMPANY_SIZES,
+    CUSTOMERS,
+    INTERACTIONS,
+    JOB_SENIORITIES,
+    LEAD_ACTIVITIES,
+    LEADS,
+    ORDERS,
+    PRODUCTS,
+    SUBSCRIPTIONS,
+    TABLES,
+    TIMESTAMP,
+    InteractionType,
+    LeadActivityType,
+)
+from crmdata.errors import CrmscoreError
+from crmdata.lake import atomic_dir, last_event, read_manifest, table_path
+from crmdata.times import as_utc
+from crmdata.truth import truth_cutoffs
 from features.catalog import (
     DEFAULT_EVERY,
     DEFAULT_PERIODS,
@@ -50,23 +68,6 @@ from features.catalog import (
     attribute_column,
     table_file,
 )
-from pipelines.contract import (
-    COMPANY_SIZES,
-    CUSTOMERS,
-    INTERACTIONS,
-    JOB_SENIORITIES,
-    LEAD_ACTIVITIES,
-    LEADS,
-    ORDERS,
-    PRODUCTS,
-    SUBSCRIPTIONS,
-    TABLES,
-    TIMESTAMP,
-    InteractionType,
-    LeadActivityType,
-)
-from pipelines.errors import CrmscoreError
-from pipelines.lake import TRUTH_DIR, atomic_dir, read_manifest, table_path
 
 log = logging.getLogger(__name__)
 
@@ -131,61 +132,6 @@ def read_build_summary(feature_tables: Path) -> BuildSummary:
 
 
 # --- snapshot grid ---------------------------------------------------------------------
-
-
-def as_utc(value: datetime) -> datetime:
-    """A naive datetime is taken as UTC (the contract's convention); aware ones are converted."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def last_event(lake: Path) -> datetime:
-    """The latest timestamp in any table of the lake."""
-    import duckdb
-
-    latest: datetime | None = None
-    con = duckdb.connect()
-    for name, table in TABLES.items():
-        path = table_path(lake, name)
-        if not path.exists() or not table.timestamp_columns:
-            continue
-        cols = ", ".join(f"max({c})" for c in table.timestamp_columns)
-        (value,) = con.execute(
-            f"SELECT greatest({cols}) FROM read_parquet(?)", [str(path)]
-        ).fetchall()[0]
-        if value is not None:
-            value = as_utc(value)
-            latest = value if latest is None else max(latest, value)
-    if latest is None:
-        raise CrmscoreError(f"{lake}: the lake has no events to build features from")
-    return latest
-
-
-def truth_cutoffs(lake: Path) -> list[datetime]:
-    """Cutoff dates recorded in ``_truth/world.json`` (synthetic worlds), else none.
-
-    Any value under a key containing ``cutoff`` that parses as an ISO date counts,
-    so the grid follows the generator without depending on its exact layout.
-    """
-    path = lake / TRUTH_DIR / "world.json"
-    if not path.exists():
-        return []
-    found: list[datetime] = []
-
-    def walk(node: Any, under_cutoff: bool) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, under_cutoff or "cutoff" in str(key).lower())
-        elif isinstance(node, list):
-            for value in node:
-                walk(value, under_cutoff)
-        elif under_cutoff and isinstance(node, str):
-            try:
-                found.append(as_utc(datetime.fromisoformat(node)))
-            except ValueError:
-                pass
-
-    walk(json.loads(path.read_text()), False)
-    return sorted(set(found))
 
 
 def snapshot_grid(

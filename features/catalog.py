@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from pipelines.contract import (
+from crmdata.contract import (
     CUSTOMERS,
     INTERACTIONS,
     LEAD_ACTIVITIES,

@@ -22,11 +22,11 @@ from typing import Literal
 
 import polars as pl
 
-from features.build import as_utc, last_event
+from crmdata.contract import LEADS, ORDERS, PRODUCTS, SUBSCRIPTIONS, TIMESTAMP
+from crmdata.errors import CrmscoreError
+from crmdata.lake import last_event, read_table
+from crmdata.times import as_utc
 from features.catalog import EVENT_TIMESTAMP, JOIN_KEYS
-from pipelines.contract import LEADS, ORDERS, PRODUCTS, SUBSCRIPTIONS, TIMESTAMP
-from pipelines.errors import CrmscoreError
-from pipelines.lake import read_table
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
+from crmdata.times import as_utc
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -445,7 +446,7 @@ def _sqlite_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple
             value = raw
             if convert is not None:
                 value = convert(raw if isinstance(raw, bytes) else str(raw).encode())
-            ts = _utc(value) if isinstance(value, datetime) else None
+            ts = as_utc(value) if isinstance(value, datetime) else None
             if ts is not None and len(_STAMPS) < _CACHE_LIMIT:
                 _STAMPS[memo] = ts
         return ts
@@ -565,7 +566,7 @@ def _provider_reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...],
             if not data or ts is None or ts.timestamp() <= 0:
                 stamps.append(None)
                 continue
-            stamps.append(_utc(ts))
+            stamps.append(None if ts is None else as_utc(ts))
             for j, f in enumerate(features):
                 grid[i, j] = _python(data.get(f), feast_value_type_to_python_type)
         return stamps, grid
@@ -608,9 +609,3 @@ def _python(proto: Any, convert: Any) -> Any:
     if kind is None or kind == "null_val":
         return None
     return getattr(proto, kind) if kind in _SCALARS else convert(proto)
-
-
-def _utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

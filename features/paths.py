@@ -1,6 +1,6 @@
 """Where the default workspace's feature tables are, for Feast's CLI.
 
-Kept apart from ``pipelines.workspace`` only to anchor the *default* home at the
+Kept apart from ``crmdata.workspace`` only to anchor the *default* home at the
 project root rather than the current directory: Feast's CLI changes into
 ``features/`` before it imports the definitions, and ``./data`` from there would
 be the wrong place.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipelines.workspace import DEFAULT_HOME, HOME_ENV, Workspace
+from crmdata.workspace import DEFAULT_HOME, HOME_ENV, Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -33,6 +33,8 @@ from urllib.parse import parse_qsl, unquote, urlparse
 import yaml
 from pydantic import BaseModel, Field
 
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import Workspace
 from features.build import read_build_summary
 from features.catalog import (
     ATTRIBUTE_PREFIX,
@@ -42,8 +44,6 @@ from features.catalog import (
     VIEW_TTL,
     table_file,
 )
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import Workspace
 
 if TYPE_CHECKING:
     from feast import FeatureStore

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import polars as pl
 
+from crmdata.errors import CrmscoreError
 from features.catalog import EVENT_TIMESTAMP
-from pipelines.errors import CrmscoreError
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore

@@ -18,8 +18,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import Workspace
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import Workspace
 
 log = logging.getLogger("crmscore")
 # soft_wrap: long paths and messages stay on one line (greppable, copyable) instead of
@@ -141,7 +141,7 @@ def generate(
     out: Annotated[Path | None, typer.Option(help="Output lake (default: HOME/lake).")] = None,
 ) -> None:
     """Generate a synthetic CRM world with ground truth (under OUT/_truth)."""
-    from pipelines.synth import WorldConfig, generate_world
+    from crmdata.synth import WorldConfig, generate_world
 
     config = WorldConfig(
         customers=customers,
@@ -160,7 +160,7 @@ def validate(
     lake: Annotated[Path | None, typer.Argument(help="Lake directory (default: HOME/lake).")] = None,
 ) -> None:
     """Check a lake against the data contract; exit 1 if any rule is broken."""
-    from pipelines.validate import render_problems, validate_lake
+    from crmdata.validate import render_problems, validate_lake
 
     target = lake or workspace().lake
     problems = validate_lake(target)
@@ -176,7 +176,7 @@ def import_(
     out: Annotated[Path | None, typer.Option(help="Output lake (default: HOME/lake).")] = None,
 ) -> None:
     """Map your own CSV/parquet files onto the contract, validate, and write the lake."""
-    from pipelines.importer import import_lake
+    from crmdata.importer import import_lake
 
     summary = import_lake(mapping, out or workspace().lake)
     console.print(summary.render())

@@ -29,8 +29,8 @@ ProfileOption = Annotated[
 
 
 def _profile(value: str):  # -> features.store.Profile
+    from crmdata.errors import CrmscoreError
     from features.store import Profile
-    from pipelines.errors import CrmscoreError
 
     try:
         return Profile(value)

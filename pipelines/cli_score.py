@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Publish a scoring run (default: each task's newest) to the online store and/or PostgreSQL."""
-        from pipelines.errors import CrmscoreError
+        from crmdata.errors import CrmscoreError
         from pipelines.scoring.inputs import parse_as_of
         from pipelines.scoring.publish import publish_all
         from pipelines.scoring.table import partitions

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from crmdata.errors import CrmscoreError
 from pipelines.cli import console, handle_errors, workspace
-from pipelines.errors import CrmscoreError
 
 log = logging.getLogger("crmscore")
 
@@ -178,7 +178,7 @@ def wait_ready(url: str, timeout: float, alive: Any = lambda: True) -> bool:
 
 def absolute_tracking_uri() -> str:
     """The MLflow URI with a relative SQLite path made absolute (workers run elsewhere)."""
-    from pipelines.workspace import mlflow_tracking_uri
+    from crmdata.workspace import mlflow_tracking_uri
 
     uri = mlflow_tracking_uri()
     prefix = "sqlite:///"

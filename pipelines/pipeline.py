@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import Workspace
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +68,20 @@ StepFn = Callable[[Context], str]
 def _lake(ctx: Context) -> str:
     src = ctx.source
     if src.world_customers:
-        from pipelines.synth import WorldConfig, generate_world
+        from crmdata.synth import WorldConfig, generate_world
 
         generate_world(WorldConfig(customers=src.world_customers, leads=src.world_customers // 2, seed=src.seed),
                        ctx.ws.lake)
         return src.describe()
     if src.mapping:
-        from pipelines.importer import import_lake
+        from crmdata.importer import import_lake
 
         import_lake(src.mapping, ctx.ws.lake)
         return src.describe()
     if src.lake:
         import shutil
 
-        from pipelines.lake import atomic_dir
+        from crmdata.lake import atomic_dir
 
         if not src.lake.is_dir():
             raise CrmscoreError(f"--lake {src.lake}: no such directory")
@@ -93,7 +93,7 @@ def _lake(ctx: Context) -> str:
 
 
 def _validate(ctx: Context) -> str:
-    from pipelines.validate import validate_lake
+    from crmdata.validate import validate_lake
 
     problems = validate_lake(ctx.ws.lake)
     errors = [p for p in problems if p.severity == "error"]
@@ -136,7 +136,7 @@ def _train_churn(ctx: Context) -> str:
 
 
 def _train_lead(ctx: Context) -> str:
-    from pipelines.lake import read_table
+    from crmdata.lake import read_table
     from training.lead import train_lead
 
     if read_table(ctx.ws.lake, "leads", ["lead_id"]) is None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 from pipelines.scoring.predict import FEATURE_TIMESTAMP, BinaryPredictor
 from pipelines.scoring.table import StageSeconds
 

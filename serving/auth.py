@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ApiGuard:
     """
 
     def __init__(self, app: Scope, keys_path: Path | None = None, max_body_bytes: int | None = None) -> None:
-        from pipelines.workspace import Workspace
+        from crmdata.workspace import Workspace
 
         self.app = app
         self.keys = KeyRing(keys_path or keys_file(Workspace.from_env().keys))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 
 log = logging.getLogger(__name__)
 

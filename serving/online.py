@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 
 if TYPE_CHECKING:
     from feast import FeatureStore

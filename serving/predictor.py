@@ -21,11 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from crmdata.contract import COMPANY_SIZES, JOB_SENIORITIES
+from crmdata.errors import CrmscoreError
+from crmdata.times import as_utc
+from crmdata.workspace import Workspace
 from features.catalog import JOIN_KEYS, VIEW_NAMES
 from features.store import Profile
-from pipelines.contract import COMPANY_SIZES, JOB_SENIORITIES
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import Workspace
 from serving.champions import Champions, Loaded, Slot
 from serving.online import OnlineReader, Rows, StoreUnavailable
 from serving.schemas import (
@@ -115,7 +116,7 @@ def resolve_as_of(value: str | None, ws: Workspace) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise CrmscoreError(f"{AS_OF_ENV}={value!r}: expected now, snapshot or an ISO 8601 time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return as_utc(parsed)
 
 
 @dataclass(frozen=True)

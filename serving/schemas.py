@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from pipelines.contract import COMPANY_SIZES, JOB_SENIORITIES
+from crmdata.contract import COMPANY_SIZES, JOB_SENIORITIES
 
 #: The most ids (or leads) one call may carry: bigger jobs belong to batch scoring.
 MAX_BATCH = 1000

@@ -10,8 +10,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipelines.contract import TABLES
-from pipelines.workspace import Workspace
+from crmdata.contract import TABLES
+from crmdata.workspace import Workspace
 from tests.factories import tiny_tables, write_lake
 
 

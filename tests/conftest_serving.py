@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.workspace import Workspace
+from crmdata.workspace import Workspace
 
 WORLD = {"customers": 700, "leads": 500, "products": 25, "seed": 11}
 REUSE_ENV = "CRMSCORE_TEST_SERVING_WORLD"
@@ -90,9 +90,9 @@ def _label_logit(entity: str, frame: pd.DataFrame) -> np.ndarray:
 
 def build_world(home: Path) -> None:
     """Generate, build, apply, materialize and train into ``home`` (MLflow under home/mlflow)."""
+    from crmdata.synth import WorldConfig, generate_world
     from features.build import build_features, snapshot_grid
     from features.store import apply_repository, feature_store, materialize_latest
-    from pipelines.synth import WorldConfig, generate_world
     from training.calibration import CHURN_BANDS, LEAD_GRADES
     from training.nbp import train_nbp
 

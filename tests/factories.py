@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.contract import TABLES
-from pipelines.lake import LakeManifest, write_tables
+from crmdata.contract import TABLES
+from crmdata.lake import LakeManifest, write_tables
 
 
 def ts(*args: int) -> datetime:

@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.contract import TABLES
-from pipelines.importer import import_lake
-from pipelines.lake import read_manifest, table_path
-from pipelines.validate import validate_lake
+from crmdata.contract import TABLES
+from crmdata.importer import import_lake
+from crmdata.lake import read_manifest, table_path
+from crmdata.validate import validate_lake
 
 MAPPING = Path(__file__).resolve().parents[1] / "examples" / "cdnow" / "mapping.yaml"
 #: Measured on lifetimes 0.11.3's CDNOW_master.txt: 69,659 transactions of 23,570 customers.

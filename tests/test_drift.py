@@ -11,6 +11,7 @@ from math import log
 import numpy as np
 import pytest
 
+from crmdata.workspace import Workspace
 from pipelines.drift import (
     SHARE_FLOOR,
     DriftReport,
@@ -21,7 +22,6 @@ from pipelines.drift import (
     psi_from_shares,
     psi_numeric,
 )
-from pipelines.workspace import Workspace
 
 
 def test_psi_of_shares_by_hand() -> None:

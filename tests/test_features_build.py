@@ -10,6 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from crmdata.errors import CrmscoreError
+from crmdata.lake import TRUTH_DIR
 from features.build import (
     BUILD_SUMMARY,
     build_features,
@@ -19,8 +21,6 @@ from features.build import (
     snapshot_grid,
 )
 from features.catalog import EVENT_TIMESTAMP, FEATURES, attribute_column, table_file
-from pipelines.errors import CrmscoreError
-from pipelines.lake import TRUTH_DIR
 from tests.conftest import contract_frame
 from tests.factories import tiny_tables, write_lake
 

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from crmdata.workspace import Workspace
 from features.catalog import EVENT_TIMESTAMP, table_file
 from pipelines.cli import app
-from pipelines.workspace import Workspace
 from tests.factories import write_lake
 
 MAPPING = Path(__file__).resolve().parents[1] / "examples" / "cdnow" / "mapping.yaml"
@@ -58,11 +58,11 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 def test_cdnow_lake_builds_what_it_can(tmp_path: Path) -> None:
     if importlib.util.find_spec("lifetimes") is None or not MAPPING.exists():
         pytest.skip("needs the lifetimes package (dev extra) and examples/cdnow/mapping.yaml")
+    from crmdata.importer import import_lake
     from features.build import build_features, snapshot_grid
     from features.labels import churn_labels
     from features.store import apply_repository, feature_store
     from features.training import training_frame
-    from pipelines.importer import import_lake
 
     ws = Workspace(tmp_path)
     import_lake(MAPPING, ws.lake)

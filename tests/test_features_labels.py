@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from crmdata.errors import CrmscoreError
 from features.labels import (
     LABEL,
     churn_labels,
@@ -16,7 +17,6 @@ from features.labels import (
     lead_conversion_labels,
     next_product_labels,
 )
-from pipelines.errors import CrmscoreError
 from tests.conftest import contract_frame
 from tests.factories import tiny_tables, write_lake
 

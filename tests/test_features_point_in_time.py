@@ -16,12 +16,12 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crmdata.contract import InteractionType, LeadActivityType
+from crmdata.workspace import Workspace
 from features.build import build_features
 from features.catalog import EVENT_TIMESTAMP, table_file
 from features.store import apply_repository, feature_store
 from features.training import training_frame
-from pipelines.contract import InteractionType, LeadActivityType
-from pipelines.workspace import Workspace
 from tests.conftest import contract_frame
 from tests.factories import tiny_tables, write_lake
 

@@ -15,6 +15,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
+from crmdata.workspace import Workspace
 from features.build import build_features, snapshot_grid
 from features.catalog import EVENT_TIMESTAMP, table_file
 from features.online import read_online
@@ -26,7 +27,6 @@ from features.store import (
     materialize_latest,
 )
 from features.training import service_features, training_frame
-from pipelines.workspace import Workspace
 from tests.factories import write_lake
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

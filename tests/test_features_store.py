@@ -13,6 +13,8 @@ import pandas as pd
 import polars as pl
 import pytest
 
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import Workspace
 from features.catalog import EVENT_TIMESTAMP, FEATURES, VIEW_NAMES, VIEW_TTL, table_file
 from features.online import read_online
 from features.store import (
@@ -23,8 +25,6 @@ from features.store import (
     repository_objects,
 )
 from features.training import service_features, training_frame
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import Workspace
 from tests.conftest import FeatureWorkspace
 
 FEATURES_DIR = Path(__file__).resolve().parent.parent / "features"
@@ -169,7 +169,7 @@ def test_profiles() -> None:
             redis_connection_string(bad)
     with pytest.raises(CrmscoreError):
         redis_connection_string("http://x")
-    from pipelines.workspace import Workspace
+    from crmdata.workspace import Workspace
 
     ws = Workspace(Path("/w"))
     local = config_dict(ws, StoreSettings())

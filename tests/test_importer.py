@@ -13,11 +13,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from crmdata.contract import CUSTOM_ATTRIBUTE_DTYPES, TABLES, TIMESTAMP
+from crmdata.errors import CrmscoreError
+from crmdata.importer import import_lake, load_mapping, resolve_path
+from crmdata.lake import read_manifest, table_path
 from pipelines.cli import app
-from pipelines.contract import CUSTOM_ATTRIBUTE_DTYPES, TABLES, TIMESTAMP
-from pipelines.errors import CrmscoreError
-from pipelines.importer import import_lake, load_mapping, resolve_path
-from pipelines.lake import read_manifest, table_path
 
 CUSTOMERS_CSV = """\
 cust_no;joined;land;employees;tier

@@ -10,16 +10,16 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import Workspace
 from pipelines.cli import app
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    from pipelines.synth import WorldConfig, generate_world
+    from crmdata.synth import WorldConfig, generate_world
 
     home = tmp_path_factory.mktemp("jobs")
     mp = pytest.MonkeyPatch()

@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.contract import TABLES
-from pipelines.errors import CrmscoreError
+from crmdata.contract import TABLES
+from crmdata.errors import CrmscoreError
 from tests.factories import ts, write_lake
 from training.nbp.interactions import (
     ConfidenceParams,

@@ -20,7 +20,7 @@ GOOD = NbpParams(num_threads=1)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.synth import WorldConfig, generate_world
+    from crmdata.synth import WorldConfig, generate_world
 
     lake = tmp_path_factory.mktemp("nbp_world") / "lake"
     generate_world(WorldConfig(customers=1500, leads=0, products=40, seed=11), lake)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from crmdata.workspace import Workspace
 from pipelines.pipeline import Context, Source, run_pipeline
-from pipelines.workspace import Workspace
 
 SOURCE = Source(world_customers=100)
 

@@ -15,8 +15,8 @@ import pyarrow.dataset as ds
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import Workspace
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import Workspace
 from tests.test_score_world import workspace_copy
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.workspace import Workspace
+from crmdata.workspace import Workspace
 
 READY = ".ready"
 
@@ -55,7 +55,7 @@ def trained_world(factory: pytest.TempPathFactory) -> Path:
 
 
 def _build(ws: Workspace) -> None:
-    from pipelines.synth import WorldConfig, generate_world
+    from crmdata.synth import WorldConfig, generate_world
     from training.churn import train_churn
     from training.lead import train_lead
     from training.nbp import train_nbp

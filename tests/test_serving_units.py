@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 from serving.auth import (
     ApiGuard,
     KeyRing,

@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines.workspace import Workspace
+from crmdata.workspace import Workspace
 
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'crmscore[spark]')")
 

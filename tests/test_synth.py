@@ -20,7 +20,7 @@ from rich.console import Console
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from pipelines.contract import (
+from crmdata.contract import (
     COMPANY_SIZES,
     CUSTOM_ATTRIBUTE_DTYPES,
     EARLIEST_TIMESTAMP,
@@ -29,18 +29,18 @@ from pipelines.contract import (
     InteractionType,
     LeadActivityType,
 )
-from pipelines.lake import TRUTH_DIR, read_manifest, read_table
-from pipelines.synth import WorldConfig, WorldSummary, generate_world, load_truth, vocab
-from pipelines.synth.config import CHURN_EPOCH_WEEKS, LEAD_EPOCH_WEEKS, Calendar
-from pipelines.synth.hazards import (
+from crmdata.lake import TRUTH_DIR, read_manifest, read_table
+from crmdata.synth import WorldConfig, WorldSummary, generate_world, load_truth, vocab
+from crmdata.synth.config import CHURN_EPOCH_WEEKS, LEAD_EPOCH_WEEKS, Calendar
+from crmdata.synth.hazards import (
     ChurnSignals,
     LeadSignals,
     churn_probability,
     conversion_probability,
 )
-from pipelines.synth.params import ChurnParams, LeadBehaviourParams, LeadParams
-from pipelines.synth.parquet import FixedIds
-from pipelines.synth.sampling import growing_times, rank_auc, thinned_events
+from crmdata.synth.params import ChurnParams, LeadBehaviourParams, LeadParams
+from crmdata.synth.parquet import FixedIds
+from crmdata.synth.sampling import growing_times, rank_auc, thinned_events
 
 DAY = timedelta(days=1)
 CONFIG = WorldConfig(customers=5_000, leads=2_500, products=60, seed=3)
@@ -144,7 +144,7 @@ def test_every_table_has_exactly_the_contract_dtypes(lake: Path) -> None:
 
 
 def test_generated_lake_validates_without_errors(lake: Path) -> None:
-    from pipelines.validate import validate_lake
+    from crmdata.validate import validate_lake
 
     problems = validate_lake(lake)
     assert [p for p in problems if p.severity == "error"] == []

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 from training.calibration import CHURN_BANDS
 from training.model import ModelSpec, load_model
 from training.registry import CHALLENGER, CHAMPION, list_versions, promote

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from crmdata.validate import Problem, validate_lake
 from pipelines.cli import app
-from pipelines.validate import Problem, validate_lake
 from tests.factories import tiny_tables, write_lake
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

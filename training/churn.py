@@ -14,10 +14,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from crmdata.lake import read_table
+from crmdata.workspace import Workspace
 from features.catalog import JOIN_KEYS
 from features.labels import CHURN_WINDOW_DAYS, churn_labels
-from pipelines.lake import read_table
-from pipelines.workspace import Workspace
 from training.calibration import CHURN_BANDS
 from training.frames import (
     attach_oracle,

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from features.build import as_utc, build_features, last_event, read_build_summary, snapshot_grid
+from crmdata.errors import CrmscoreError
+from crmdata.lake import TRUTH_DIR, last_event
+from crmdata.times import as_utc
+from crmdata.workspace import Workspace
+from features.build import build_features, read_build_summary, snapshot_grid
 from features.catalog import EVENT_TIMESTAMP
-from pipelines.errors import CrmscoreError
-from pipelines.lake import TRUTH_DIR
-from pipelines.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pandas as pd
 
+from crmdata.errors import CrmscoreError
+from crmdata.lake import read_table
+from crmdata.workspace import Workspace
 from features.catalog import JOIN_KEYS
 from features.labels import LEAD_WINDOW_DAYS, lead_conversion_labels
-from pipelines.errors import CrmscoreError
-from pipelines.lake import read_table
-from pipelines.workspace import Workspace
 from training.calibration import LEAD_GRADES
 from training.frames import (
     attach_oracle,

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 from training.calibration import Calibrator, Grading, score_1_99
 from training.registry import CHAMPION
 

@@ -21,8 +21,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from pipelines.errors import CrmscoreError
-from pipelines.workspace import mlflow_tracking_uri
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import mlflow_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from pydantic import BaseModel
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 from training import plots
 from training.calibration import Calibrator, Grading
 from training.metrics import evaluate, flatten

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from features.build import as_utc, read_build_summary
+from crmdata.errors import CrmscoreError
+from crmdata.times import as_utc
+from crmdata.workspace import Workspace
+from features.build import read_build_summary
 from features.catalog import JOIN_KEYS
-from pipelines.errors import CrmscoreError
 from pipelines.scoring.predict import FEATURE_TIMESTAMP
-from pipelines.workspace import Workspace
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -193,7 +194,7 @@ def population(lake: Path, task: str, as_of: datetime, mode: str | None = None) 
     if task == "lead":
         return open_leads(lake, as_of)
     if task == "nbp":
-        from pipelines.lake import read_table
+        from crmdata.lake import read_table
 
         key = JOIN_KEYS["customer"]
         customers = read_table(lake, "customers", [key, "signup_at"])

@@ -35,9 +35,10 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from features.build import as_utc
+from crmdata.errors import CrmscoreError
+from crmdata.times import as_utc
+from crmdata.workspace import Workspace
 from features.catalog import SCORE_GRADE_COLUMN
-from pipelines.errors import CrmscoreError
 from pipelines.scoring.inputs import (
     ServiceRead,
     default_as_of,
@@ -54,7 +55,6 @@ from pipelines.scoring.table import (
     staged_partition,
     write_manifest,
 )
-from pipelines.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

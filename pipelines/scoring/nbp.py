@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from features.build import as_utc
+from crmdata.errors import CrmscoreError
+from crmdata.times import as_utc
+from crmdata.workspace import Workspace
 from features.catalog import JOIN_KEYS
-from pipelines.errors import CrmscoreError
 from pipelines.scoring.inputs import default_as_of, population
 from pipelines.scoring.table import (
     Distribution,
@@ -37,7 +38,6 @@ from pipelines.scoring.table import (
     staged_partition,
     write_manifest,
 )
-from pipelines.workspace import Workspace
 
 if TYPE_CHECKING:
     from pipelines.scoring.job import Progress, ScoreOptions
@@ -150,7 +150,7 @@ def _wide(long: pl.DataFrame, as_of: datetime, version: str) -> pl.DataFrame:
 def _unknown_segments(ws: Workspace, rec: object, ids: np.ndarray) -> dict[str, str]:
     """The segment of each customer the recommender does not know, so the cold-start
     fallback is their segment's popularity rather than everyone's."""
-    from pipelines.lake import read_table
+    from crmdata.lake import read_table
 
     rows = rec.customer_rows(ids)  # type: ignore[attr-defined]
     unknown = ids[rows < 0]

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from crmdata.errors import CrmscoreError
+from crmdata.workspace import Workspace
 from features.catalog import (
     JOIN_KEYS,
     SCORE_ENTITIES,
@@ -29,9 +31,7 @@ from features.catalog import (
     SCORE_TIMESTAMP,
     SCORE_VIEW_NAMES,
 )
-from pipelines.errors import CrmscoreError
 from pipelines.scoring.table import latest_partition, read_manifest
-from pipelines.workspace import Workspace
 
 if TYPE_CHECKING:
     import pandas as pd

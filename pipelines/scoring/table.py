@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from crmdata.errors import CrmscoreError
 from features.catalog import score_dir_name
-from pipelines.errors import CrmscoreError
 
 if TYPE_CHECKING:
     import polars as pl

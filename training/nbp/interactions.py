@@ -31,9 +31,9 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from pipelines.contract import CUSTOMERS, ORDERS, PRODUCTS
-from pipelines.errors import CrmscoreError
-from pipelines.lake import read_table
+from crmdata.contract import CUSTOMERS, ORDERS, PRODUCTS
+from crmdata.errors import CrmscoreError
+from crmdata.lake import read_table
 
 log = logging.getLogger(__name__)
 

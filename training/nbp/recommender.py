@@ -585,7 +585,7 @@ def artifact_paths(directory: Path) -> dict[str, Path]:
     for name, file in wanted.items():
         hit = next(directory.rglob(file), None)
         if hit is None:
-            from pipelines.errors import CrmscoreError
+            from crmdata.errors import CrmscoreError
 
             raise CrmscoreError(f"{directory}: no {file} among the model's artifacts")
         found[name] = hit

@@ -28,7 +28,7 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from pipelines.errors import CrmscoreError
+from crmdata.errors import CrmscoreError
 from training.nbp.interactions import (
     CUSTOMER_ID,
     ORDERED_AT,
@@ -192,12 +192,12 @@ def popularity_rankings(rec: Recommender, owned: sp.csr_matrix, pop_rows: np.nda
 
 def oracle_rankings(lake: Path, split: Split, data: LakeData, owned: sp.csr_matrix, k: int = MAX_K) -> np.ndarray | None:
     """Top-k by the true affinities of a synthetic world (None for a real lake)."""
-    from pipelines.lake import TRUTH_DIR
+    from crmdata.lake import TRUTH_DIR
 
     if not (lake / TRUTH_DIR).is_dir():
         return None
     try:
-        from pipelines.synth.truth import load_truth
+        from crmdata.truth import load_truth
 
         affinity = load_truth(lake).affinity
         columns = affinity.product_rows(data.catalogue.product_ids)

@@ -27,7 +27,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from pipelines.contract import (
+from crmdata.contract import (
     CUSTOM_ATTRIBUTE_DTYPES,
     REQUIRED_TABLES,
     TABLES,
@@ -37,8 +37,8 @@ from pipelines.contract import (
     Column,
     Table,
 )
-from pipelines.errors import CrmscoreError
-from pipelines.lake import LakeManifest, atomic_dir, write_tables
+from crmdata.errors import CrmscoreError
+from crmdata.lake import LakeManifest, atomic_dir, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def import_lake(mapping_path: Path, out: Path) -> ImportSummary:
         log.debug("%s: %d rows", name, tables[name].height)
 
     # validate.py is imported here, not at the top, so reading a mapping never needs it.
-    from pipelines.validate import validate_lake
+    from crmdata.validate import validate_lake
 
     ordered = {name: tables[name] for name in TABLES if name in tables}
     manifest = LakeManifest(

@@ -3,7 +3,7 @@
 Every categorical value a generated table can hold is listed here once, with the
 weights it is drawn with, so the generator, the docs and the tests agree. The
 lead firmographics that the contract constrains (company size, job seniority)
-come from ``pipelines.contract`` instead of being retyped.
+come from ``crmdata.contract`` instead of being retyped.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import polars as pl
 from pydantic import BaseModel
 from rich.table import Table as RichTable
 
-from pipelines.contract import (
+from crmdata.contract import (
     CUSTOMERS,
     INTERACTIONS,
     LEAD_ACTIVITIES,
@@ -32,11 +32,11 @@ from pipelines.contract import (
     SUBSCRIPTIONS,
     TABLES,
 )
-from pipelines.lake import MANIFEST, TRUTH_DIR, LakeManifest, atomic_dir, table_path, write_tables
-from pipelines.synth import tables as tb
-from pipelines.synth.activity import CustomerHistory, simulate_customers
-from pipelines.synth.catalog import build_catalog, customer_factors
-from pipelines.synth.config import (
+from crmdata.lake import MANIFEST, TRUTH_DIR, LakeManifest, atomic_dir, table_path, write_tables
+from crmdata.synth import tables as tb
+from crmdata.synth.activity import CustomerHistory, simulate_customers
+from crmdata.synth.catalog import build_catalog, customer_factors
+from crmdata.synth.config import (
     CHURN_EPOCH_WEEKS,
     CHURN_WINDOW_DAYS,
     LEAD_EPOCH_WEEKS,
@@ -46,13 +46,13 @@ from pipelines.synth.config import (
     Calendar,
     WorldConfig,
 )
-from pipelines.synth.customers import build_roster
-from pipelines.synth.epochs import EpochRate, EpochTruth
-from pipelines.synth.leads import simulate_leads
-from pipelines.synth.params import WorldParams
-from pipelines.synth.purchases import choose_products, quantities_and_amounts
-from pipelines.synth.sampling import rank_auc, stream
-from pipelines.synth.truth import CHURNED, CONVERTED, CUTOFF, P_CHURN, P_CONVERT, write_truth
+from crmdata.synth.customers import build_roster
+from crmdata.synth.epochs import EpochRate, EpochTruth
+from crmdata.synth.leads import simulate_leads
+from crmdata.synth.params import WorldParams
+from crmdata.synth.purchases import choose_products, quantities_and_amounts
+from crmdata.synth.sampling import rank_auc, stream
+from crmdata.truth import CHURNED, CONVERTED, CUTOFF, P_CHURN, P_CONVERT, write_truth
 
 log = logging.getLogger(__name__)
 

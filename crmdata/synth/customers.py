@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from pipelines.synth import vocab
-from pipelines.synth.config import WEEK_S, Calendar, WorldConfig
-from pipelines.synth.leads import LeadWorld, segment_of_leads
-from pipelines.synth.params import BehaviourParams
-from pipelines.synth.sampling import choose, choose_rows, growing_times
+from crmdata.synth import vocab
+from crmdata.synth.config import WEEK_S, Calendar, WorldConfig
+from crmdata.synth.leads import LeadWorld, segment_of_leads
+from crmdata.synth.params import BehaviourParams
+from crmdata.synth.sampling import choose, choose_rows, growing_times
 
 log = logging.getLogger(__name__)
 

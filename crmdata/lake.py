@@ -25,8 +25,9 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, Field
 
-from pipelines.contract import TABLES, AttributeKind
-from pipelines.errors import CrmscoreError
+from crmdata.contract import TABLES, AttributeKind
+from crmdata.errors import CrmscoreError
+from crmdata.times import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +120,25 @@ def write_tables(directory: Path, tables: dict[str, pl.DataFrame], manifest: Lak
         log.debug("wrote %s: %d rows", name, frame.height)
     manifest = manifest.model_copy(update={"tables": sorted(tables, key=list(TABLES).index)})
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+
+
+def last_event(lake: Path) -> datetime:
+    """The latest timestamp in any table of the lake."""
+    import duckdb
+
+    latest: datetime | None = None
+    con = duckdb.connect()
+    for name, table in TABLES.items():
+        path = table_path(lake, name)
+        if not path.exists() or not table.timestamp_columns:
+            continue
+        cols = ", ".join(f"max({c})" for c in table.timestamp_columns)
+        (value,) = con.execute(
+            f"SELECT greatest({cols}) FROM read_parquet(?)", [str(path)]
+        ).fetchall()[0]
+        if value is not None:
+            value = as_utc(value)
+            latest = value if latest is None else max(latest, value)
+    if latest is None:
+        raise CrmscoreError(f"{lake}: the lake has no events to build features from")
+    return latest

@@ -19,9 +19,9 @@ import logging
 
 import numpy as np
 
-from pipelines.synth.catalog import Catalog
-from pipelines.synth.config import WEEK_S
-from pipelines.synth.params import PurchaseParams
+from crmdata.synth.catalog import Catalog
+from crmdata.synth.config import WEEK_S
+from crmdata.synth.params import PurchaseParams
 
 log = logging.getLogger(__name__)
 

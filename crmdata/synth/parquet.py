@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.contract import Table
+from crmdata.contract import Table
 
 log = logging.getLogger(__name__)
 

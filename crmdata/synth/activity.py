@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.contract import InteractionType
-from pipelines.synth.config import CHURN_WINDOW_DAYS, DAY_S, WEEK_S, Calendar
-from pipelines.synth.customers import Roster
-from pipelines.synth.epochs import NEVER, EpochRate, EpochTruth
-from pipelines.synth.hazards import (
+from crmdata.contract import InteractionType
+from crmdata.synth.config import CHURN_WINDOW_DAYS, DAY_S, WEEK_S, Calendar
+from crmdata.synth.customers import Roster
+from crmdata.synth.epochs import NEVER, EpochRate, EpochTruth
+from crmdata.synth.hazards import (
     LOGIN_PREVIOUS_WEEKS,
     LOGIN_RECENT_WEEKS,
     ORDER_WEEKS,
@@ -35,8 +35,8 @@ from pipelines.synth.hazards import (
     churn_probability,
     sigmoid,
 )
-from pipelines.synth.params import BehaviourParams, ChurnParams
-from pipelines.synth.sampling import thinned_events
+from crmdata.synth.params import BehaviourParams, ChurnParams
+from crmdata.synth.sampling import thinned_events
 
 log = logging.getLogger(__name__)
 

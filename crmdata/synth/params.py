@@ -7,7 +7,7 @@ Three kinds of parameters:
   Models never see these states, only the events they cause.
 - **decision rules** (``ChurnParams``, ``LeadParams``): the exact probabilities
   of churn and conversion at a decision epoch, as functions of *observable*
-  signals only (see ``pipelines.synth.hazards``). These are the ground truth.
+  signals only (see ``crmdata.synth.hazards``). These are the ground truth.
 - **purchases** (``PurchaseParams``): the affinity model behind product choice.
 
 They are plain frozen dataclasses so ``world.json`` can record them verbatim

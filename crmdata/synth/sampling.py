@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from pipelines.synth.config import WEEK_S
+from crmdata.synth.config import WEEK_S
 
 
 def stream(seed: int, name: str) -> np.random.Generator:

@@ -6,10 +6,10 @@ conversion probabilities with realized labels, and the affinity model).
 See docs/synthetic-world.md for the processes and equations.
 """
 
-from pipelines.synth.config import Calendar, WorldConfig
-from pipelines.synth.params import WorldParams
-from pipelines.synth.truth import Affinity, Truth, load_truth
-from pipelines.synth.world import OutcomeStats, WorldSummary, generate_world
+from crmdata.synth.config import Calendar, WorldConfig
+from crmdata.synth.params import WorldParams
+from crmdata.synth.world import OutcomeStats, WorldSummary, generate_world
+from crmdata.truth import Affinity, Truth, load_truth
 
 __all__ = [
     "Affinity",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from pipelines.synth.params import ChurnParams, LeadParams
+from crmdata.synth.params import ChurnParams, LeadParams
 
 #: Window lengths in weeks (the docs quote them; the simulator counts these buckets).
 LOGIN_RECENT_WEEKS = 4

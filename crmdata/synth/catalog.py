@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipelines.synth import vocab
-from pipelines.synth.customers import Roster
-from pipelines.synth.params import PurchaseParams
+from crmdata.synth import vocab
+from crmdata.synth.customers import Roster
+from crmdata.synth.params import PurchaseParams
 
 
 @dataclass

@@ -12,7 +12,7 @@ Files::
     world.json               config, parameters, calendar, epoch grids, measured rates and AUCs
 
 The signal columns are the exact inputs of the decision rules (see
-``pipelines.synth.hazards``): a feature pipeline can compare its own values
+``crmdata.synth.hazards``): a feature pipeline can compare its own values
 against them.
 """
 
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from pipelines.lake import TRUTH_DIR, LakeError
+from crmdata.lake import TRUTH_DIR, LakeError
+from crmdata.times import as_utc
 
 CHURN_FILE = "churn.parquet"
 LEAD_FILE = "lead_conversion.parquet"
@@ -149,3 +151,31 @@ def load_truth(lake: Path) -> Truth:
         affinity=affinity,
         world=json.loads((directory / WORLD_FILE).read_text()),
     )
+
+
+def truth_cutoffs(lake: Path) -> list[datetime]:
+    """Cutoff dates recorded in ``_truth/world.json`` (synthetic worlds), else none.
+
+    Any value under a key containing ``cutoff`` that parses as an ISO date counts,
+    so the grid follows the generator without depending on its exact layout.
+    """
+    path = lake / TRUTH_DIR / WORLD_FILE
+    if not path.exists():
+        return []
+    found: list[datetime] = []
+
+    def walk(node: Any, under_cutoff: bool) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, under_cutoff or "cutoff" in str(key).lower())
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, under_cutoff)
+        elif under_cutoff and isinstance(node, str):
+            try:
+                found.append(as_utc(datetime.fromisoformat(node)))
+            except ValueError:
+                pass
+
+    walk(json.loads(path.read_text()), False)
+    return sorted(set(found))

@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.contract import LeadActivityType
-from pipelines.synth import vocab
-from pipelines.synth.config import DAY_S, LEAD_EPOCH_WEEKS, LEAD_WINDOW_DAYS, WEEK_S, Calendar
-from pipelines.synth.epochs import NEVER, EpochRate, EpochTruth
-from pipelines.synth.hazards import (
+from crmdata.contract import LeadActivityType
+from crmdata.synth import vocab
+from crmdata.synth.config import DAY_S, LEAD_EPOCH_WEEKS, LEAD_WINDOW_DAYS, WEEK_S, Calendar
+from crmdata.synth.epochs import NEVER, EpochRate, EpochTruth
+from crmdata.synth.hazards import (
     LEAD_RECENT_WEEKS,
     LeadSignals,
     conversion_probability,
     lost_probability,
 )
-from pipelines.synth.params import LeadBehaviourParams, LeadParams
-from pipelines.synth.sampling import choose, growing_times
+from crmdata.synth.params import LeadBehaviourParams, LeadParams
+from crmdata.synth.sampling import choose, growing_times
 
 log = logging.getLogger(__name__)
 

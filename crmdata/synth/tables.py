@@ -4,7 +4,7 @@ Small tables (customers, products, subscriptions, leads) become polars frames,
 selected and cast to ``Table.polars_schema()`` plus their custom attributes, so
 a mismatch fails here rather than in a consumer. The big ones (orders,
 interactions, lead activities) are streamed to parquet in row groups (see
-``pipelines.synth.parquet``). Column names come from ``pipelines.contract``.
+``crmdata.synth.parquet``). Column names come from ``crmdata.contract``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipelines.contract import (
+from crmdata.contract import (
     COMPANY_SIZES,
     CUSTOM_ATTRIBUTE_DTYPES,
     CUSTOMERS,
@@ -30,13 +30,13 @@ from pipelines.contract import (
     AttributeKind,
     Table,
 )
-from pipelines.synth import parquet, vocab
-from pipelines.synth.activity import INTERACTION_TYPES, CustomerHistory
-from pipelines.synth.catalog import Catalog
-from pipelines.synth.config import WEEK_S, Calendar
-from pipelines.synth.customers import Roster
-from pipelines.synth.epochs import NEVER
-from pipelines.synth.leads import LeadWorld
+from crmdata.synth import parquet, vocab
+from crmdata.synth.activity import INTERACTION_TYPES, CustomerHistory
+from crmdata.synth.catalog import Catalog
+from crmdata.synth.config import WEEK_S, Calendar
+from crmdata.synth.customers import Roster
+from crmdata.synth.epochs import NEVER
+from crmdata.synth.leads import LeadWorld
 
 #: The custom attributes this generator declares in the lake manifest.
 LOYALTY_TIER = "loyalty_tier"

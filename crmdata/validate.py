@@ -1,7 +1,7 @@
 """Validate a lake against the data contract.
 
 Column-level rules (dtype, nullability, allowed sets, ranges, patterns, unique
-keys) are pandera schemas built from ``pipelines.contract``; pandera (polars
+keys) are pandera schemas built from ``crmdata.contract``; pandera (polars
 backend) does the checking. What pandera has no notion of — whether a table or
 column exists, parsing strings into timestamps, foreign keys across tables,
 ordered timestamp pairs, survey value ranges — is checked here with polars
@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from pipelines.contract import (
+from crmdata.contract import (
     CUSTOM_ATTRIBUTE_DTYPES,
     EARLIEST_TIMESTAMP,
     SURVEY_RANGES,
@@ -33,7 +33,7 @@ from pipelines.contract import (
     Column,
     Table,
 )
-from pipelines.lake import MANIFEST, LakeError, LakeManifest, read_manifest, table_path
+from crmdata.lake import MANIFEST, LakeError, LakeManifest, read_manifest, table_path
 
 log = logging.getLogger(__name__)
 
