@@ -40,22 +40,12 @@ import numpy as np
 import polars as pl
 
 from crmdata.workspace import Workspace
-from features.build import (
-    BUILD_SUMMARY,
-    BuildSummary,
-    build_features,
-    snapshot_grid,
-    write_feature_table,
-)
+from features.build import BUILD_SUMMARY, BuildSummary, build_features, write_feature_table
 from features.catalog import EVENT_TIMESTAMP, FEATURES, table_file
+from features.grid import snapshot_grid
+from features.materialize import materialize_latest
 from features.online import read_online
-from features.store import (
-    DEFAULT_REDIS_URL,
-    Profile,
-    apply_repository,
-    feature_store,
-    materialize_latest,
-)
+from features.store import DEFAULT_REDIS_URL, Profile, apply_repository, feature_store
 from features.training import training_frame
 
 log = logging.getLogger("bench_features")
@@ -184,7 +174,7 @@ def bench_sqlite(ws: Workspace, customers: int, *, fast: bool = True, reads: boo
     # Online reads: the same keys through read_online (fast, SDK) and a raw select.
     conn = sqlite3.connect(db)
     ids = [f"C{i}" for i in range(100)]
-    from features.online import _entity_keys
+    from features.codec import entity_keys as _entity_keys
 
     keys = _entity_keys(("customer_id",), [(i,) for i in ids], store.config.entity_key_serialization_version)
     for n, loops in ((1, 2000), (100, 300)):
@@ -254,7 +244,7 @@ def bench_redis(ws: Workspace, customers: int, *, fast: bool = True, reads: bool
         result = {"seconds": seconds, "raw_seconds": raw_seconds, "rows": len(hashes), "customers": customers, "reads": {}}
         if not reads:
             return result
-        from features.online import _entity_keys
+        from features.codec import entity_keys as _entity_keys
 
         ids = [f"C{i}" for i in range(100)]
         read_keys = [k + project.encode() for k in _entity_keys(("customer_id",), [(i,) for i in ids], 3)]

@@ -64,8 +64,10 @@ def build_world(home: Path, customers: int) -> None:
     """Generate, train the three champions with the real jobs, apply and materialize (local)."""
     from crmdata.synth import WorldConfig, generate_world
     from crmdata.workspace import Workspace
-    from features.build import build_features, snapshot_grid
-    from features.store import apply_repository, feature_store, materialize_latest
+    from features.build import build_features
+    from features.grid import snapshot_grid
+    from features.materialize import materialize_latest
+    from features.store import apply_repository, feature_store
     from training.churn import train_churn
     from training.lead import train_lead
     from training.nbp import train_nbp
@@ -286,12 +288,8 @@ def redis_profile(home: Path) -> Iterator[dict[str, str]]:
     import redis
 
     from crmdata.workspace import Workspace
-    from features.store import (
-        DEFAULT_REDIS_URL,
-        apply_repository,
-        feature_store,
-        materialize_latest,
-    )
+    from features.materialize import materialize_latest
+    from features.store import DEFAULT_REDIS_URL, apply_repository, feature_store
 
     name = f"crmscore_bench_{uuid.uuid4().hex[:8]}"
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"

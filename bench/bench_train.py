@@ -62,7 +62,8 @@ def main() -> None:
     generate_world(WorldConfig(customers=args.customers, leads=args.customers // 2, seed=1), ws.lake)
     # The feature build is the pipeline's own step before training (`crmscore features build`);
     # timed apart so the job's figures are the job's.
-    from features.build import build_features, snapshot_grid
+    from features.build import build_features
+    from features.grid import snapshot_grid
 
     started = time.perf_counter()
     build = build_features(ws.lake, ws.feature_tables, snapshot_grid(ws.lake))

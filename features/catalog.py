@@ -1,24 +1,36 @@
 """The feature catalogue: names, types, windows and the tables each feature needs.
 
 This is the one place where feature names and window lengths are defined. The
-feature pipeline (``features/build.py``) computes exactly these columns, the
-docs describe them, and the Feast definitions type them from here. Nothing in
-this module touches Feast or data, so Feast's CLI can import it for free.
+feature SQL (``features/sql.py``) computes exactly these columns, the docs
+describe them, and the Feast definitions type them from here. Nothing in this
+module touches Feast or data, so Feast's CLI can import it for free.
 
 Window semantics (documented in docs/features.md): a feature for snapshot
 ``as_of`` only sees events with ``timestamp < as_of``; an ``N``-day window
 counts events with ``as_of - N days <= timestamp < as_of``.
+
+Not every column of a feature table is a model input. A spec with
+``model_input=False`` rides in its entity's view (so one online read gives serving
+the features *and* what it needs to decide whether the entity can be scored) but
+must not be trained on: ``lead_status`` and ``lead_closed_at`` say whether a lead
+is still open at the snapshot, which serving turns into a ``not_eligible`` answer.
+``NOT_MODEL_INPUTS`` names them all: a trainer drops those columns from its
+service's feature list (``features.training.service_features``); every other
+column of the service, custom attributes included, is a model input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Literal
 
 from crmdata.contract import (
+    COMPANY_SIZES,
     CUSTOMERS,
     INTERACTIONS,
+    JOB_SENIORITIES,
     LEAD_ACTIVITIES,
     LEADS,
     ORDERS,
@@ -28,6 +40,14 @@ from crmdata.contract import (
 )
 
 FeatureKind = Literal["int", "float", "str"]
+
+#: Lead features that rank an ordered attribute: feature -> (attribute, its values in order).
+#: The rank is the value's position (0-based); unknown or missing -> null. The feature SQL
+#: and a brand-new lead's request features (``features/new_lead.py``) both derive them here.
+LEAD_RANKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "company_size_rank": ("company_size", tuple(COMPANY_SIZES)),
+    "job_seniority_rank": ("job_seniority", tuple(JOB_SENIORITIES)),
+}
 EntityName = Literal["customer", "lead", "product"]
 
 #: Entity name -> join key (the contract's id column of that table).
@@ -55,9 +75,14 @@ PRODUCT_WINDOWS: tuple[int, ...] = (30, 90)
 #: Feature-view TTL: two weekly snapshot periods. Historical retrieval ignores rows
 #: older than this before a cutoff; online reads flag them as stale.
 VIEW_TTL = timedelta(days=14)
-#: Default snapshot spacing and count of the build grid.
-DEFAULT_EVERY = timedelta(days=7)
-DEFAULT_PERIODS = 12
+
+
+class LeadStatus(StrEnum):
+    """Values of ``lead_status``: where a lead stands at the snapshot."""
+
+    OPEN = "open"
+    CONVERTED = "converted"
+    LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -68,11 +93,8 @@ class FeatureSpec:
     description: str
     #: Raw tables (besides the entity's own) the feature is computed from.
     requires: tuple[str, ...] = ()
-
-    @property
-    def categorical(self) -> bool:
-        """Categorical features are strings (Feast String) everywhere."""
-        return self.kind == "str"
+    #: False for a column served with the features but never trained on (``NOT_MODEL_INPUTS``).
+    model_input: bool = True
 
 
 def _customer_features() -> list[FeatureSpec]:
@@ -189,6 +211,23 @@ def _lead_features() -> list[FeatureSpec]:
         FeatureSpec("job_seniority", "lead", "str", "contact's seniority"),
         FeatureSpec("job_seniority_rank", "lead", "int", "seniority as 0..4"),
         FeatureSpec("days_since_created", "lead", "float", "days from created_at to as_of"),
+        # Eligibility, not inputs: whether the lead can be scored at as_of (serving).
+        FeatureSpec(
+            "lead_status",
+            "lead",
+            "str",
+            f"{LeadStatus.OPEN}, {LeadStatus.CONVERTED} or {LeadStatus.LOST} at as_of "
+            "(converted_at or lost_at before as_of closes the lead); not a model input",
+            model_input=False,
+        ),
+        FeatureSpec(
+            "lead_closed_at",
+            "lead",
+            "str",
+            "UTC date (YYYY-MM-DD) the lead was converted or lost, null while open; "
+            "not a model input",
+            model_input=False,
+        ),
     ]
     for w in LEAD_ACTIVITY_WINDOWS:
         specs.append(FeatureSpec(f"activities_{w}d", "lead", "int", f"activities in {w} days", (a,)))
@@ -249,15 +288,21 @@ FEATURES: dict[str, list[FeatureSpec]] = {
     "product": _product_features(),
 }
 
+#: Feature service names: each model version asks for its features by one of these
+#: (``features/feature_services.py`` defines the services; ``training/tasks.py`` says which
+#: model uses which). Plain strings here, so naming one costs no Feast import.
+CHURN_SERVICE = "churn_v1"
+LEAD_SERVICE = "lead_scoring_v1"
+NBP_SERVICE = "next_best_product_v1"
+
+#: Columns of the feature views that are served but are not model inputs (the specs with
+#: ``model_input=False``): a trainer removes them from its service's feature list.
+NOT_MODEL_INPUTS: frozenset[str] = frozenset(
+    s.name for specs in FEATURES.values() for s in specs if not s.model_input
+)
+
 #: Feature view name per entity (one wide view per entity keeps online reads to one lookup).
 VIEW_NAMES: dict[str, str] = {e: f"{e}_features" for e in FEATURES}
-#: The raw table that defines each entity's rows, and the table carrying custom attributes.
-ENTITY_TABLES: dict[str, str] = {
-    "customer": CUSTOMERS.name,
-    "lead": LEADS.name,
-    "product": PRODUCTS.name,
-}
-
 
 
 def table_file(entity: str) -> str:
@@ -270,8 +315,6 @@ def attribute_column(name: str) -> str:
 
 
 # --- batch scores (written by `crmscore score`, read back through Feast) -------------
-
-ScoreTask = Literal["churn", "lead", "nbp"]
 
 
 @dataclass(frozen=True)

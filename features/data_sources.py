@@ -7,8 +7,9 @@ point-in-time training frames and for materialization into the online store.
 
 The paths below point at the default workspace (``$CRMSCORE_HOME``, else
 ``<project>/data``) so that Feast's own CLI works from this directory.
-``crmscore features apply`` re-targets them at the workspace it is given (see
-``features/repository.py``), so one process can serve several workspaces.
+``crmscore features apply`` re-targets copies of them at the workspace it is
+given (``features.store.repository_objects``), so one process can serve several
+workspaces.
 """
 
 from feast import FileSource, PushSource

@@ -1,7 +1,7 @@
 """Feature services: the feature list of each model version, and the only one.
 
 Training (``features.training.training_frame``), serving and batch scoring ask
-for features by service name (``store.get_feature_service("churn_v1")``), never
+for features by service name (``store.get_feature_service(CHURN_SERVICE)``), never
 by retyped ``"view:feature"`` strings. A new model version that needs different
 features gets a new service (``churn_v2``) so the old one keeps serving.
 """
@@ -9,8 +9,10 @@ features gets a new service (``churn_v2``) so the old one keeps serving.
 from feast import FeatureService
 
 try:  # imported as part of the `features` package (crmscore, tests)
+    from .catalog import CHURN_SERVICE, LEAD_SERVICE, NBP_SERVICE
     from .feature_views import customer_features, lead_features, product_features
 except ImportError:  # imported as a top-level module by Feast's CLI (`feast apply` in features/)
+    from catalog import CHURN_SERVICE, LEAD_SERVICE, NBP_SERVICE  # type: ignore[no-redef]
     from feature_views import (  # type: ignore[no-redef]
         customer_features,
         lead_features,
@@ -18,21 +20,21 @@ except ImportError:  # imported as a top-level module by Feast's CLI (`feast app
     )
 
 churn_v1 = FeatureService(
-    name="churn_v1",
+    name=CHURN_SERVICE,
     features=[customer_features],
     description="Churn risk: every customer feature, custom attributes included.",
     tags={"model": "churn", "entities": "customer"},
 )
 
 lead_scoring_v1 = FeatureService(
-    name="lead_scoring_v1",
+    name=LEAD_SERVICE,
     features=[lead_features],
     description="Lead scoring: every lead feature, custom attributes included.",
     tags={"model": "lead_scoring", "entities": "lead"},
 )
 
 next_best_product_v1 = FeatureService(
-    name="next_best_product_v1",
+    name=NBP_SERVICE,
     features=[customer_features, product_features],
     description="Next best product: the customer's features next to each candidate product's.",
     tags={"model": "next_best_product", "entities": "customer,product"},

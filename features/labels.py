@@ -32,10 +32,7 @@ log = logging.getLogger(__name__)
 
 LABEL = "label"
 CUTOFF = EVENT_TIMESTAMP
-CHURN_WINDOW_DAYS = 90
 CHURN_LOOKBACK_DAYS = 365
-LEAD_WINDOW_DAYS = 60
-NEXT_PRODUCT_WINDOW_DAYS = 30
 
 ChurnMode = Literal["auto", "subscription", "transactional"]
 
@@ -120,7 +117,7 @@ def churn_labels(
     lake: Path,
     cutoffs: Sequence[datetime],
     *,
-    window_days: int = CHURN_WINDOW_DAYS,
+    window_days: int,
     mode: ChurnMode = "auto",
     lookback_days: int = CHURN_LOOKBACK_DAYS,
 ) -> pl.DataFrame:
@@ -135,7 +132,7 @@ def churn_labels(
 
 
 def churn_labels_subscription(
-    lake: Path, cutoffs: Sequence[datetime], *, window_days: int = CHURN_WINDOW_DAYS
+    lake: Path, cutoffs: Sequence[datetime], *, window_days: int
 ) -> pl.DataFrame:
     """Population: customers with a subscription active at the cutoff.
     Label 1: none of their subscriptions is active W days later, i.e. what was
@@ -167,7 +164,7 @@ def churn_labels_transactional(
     lake: Path,
     cutoffs: Sequence[datetime],
     *,
-    window_days: int = CHURN_WINDOW_DAYS,
+    window_days: int,
     lookback_days: int = CHURN_LOOKBACK_DAYS,
 ) -> pl.DataFrame:
     """Population: customers with an order in ``[cutoff - lookback, cutoff)``.
@@ -192,7 +189,7 @@ def churn_labels_transactional(
 
 
 def lead_conversion_labels(
-    lake: Path, cutoffs: Sequence[datetime], *, window_days: int = LEAD_WINDOW_DAYS
+    lake: Path, cutoffs: Sequence[datetime], *, window_days: int
 ) -> pl.DataFrame:
     """Population: leads open at the cutoff (created before it, neither converted nor
     lost before it). Label 1: converted in ``[cutoff, cutoff + W)``."""
@@ -218,7 +215,7 @@ def lead_conversion_labels(
 
 
 def next_product_labels(
-    lake: Path, cutoffs: Sequence[datetime], *, window_days: int = NEXT_PRODUCT_WINDOW_DAYS
+    lake: Path, cutoffs: Sequence[datetime], *, window_days: int
 ) -> pl.DataFrame:
     """The products each customer buys in ``[cutoff, cutoff + W)``: one row per
     (customer, cutoff, product) with ``label`` 1. A product the customer already

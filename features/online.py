@@ -20,7 +20,9 @@ Two read paths return the same values:
   and for stores the fast path has not been checked against.
 
 The service's resolution (views, features, join keys, TTLs) is cached per store
-and refreshed when Feast's registry cache is, so ``apply`` is picked up.
+and refreshed when Feast's registry cache is, so ``apply`` is picked up. Entity
+keys and stored values are encoded and decoded by ``features.codec``, the module
+that also defines what ``features.materialize`` writes.
 """
 
 from __future__ import annotations
@@ -30,15 +32,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from crmdata.errors import CrmscoreError
 from crmdata.times import as_utc
+from features.codec import CACHE_LIMIT, decode_values, entity_keys, python_value
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -54,8 +55,8 @@ class _ViewPlan:
     join_keys: tuple[str, ...]
     features: tuple[str, ...]
     ttl_seconds: float | None
-    #: keys -> [(event time or None, {feature: python value} or None)] per key.
-    read: Any = None
+    #: Distinct id tuples -> (event time per id, value grid): see ``_reader``.
+    read: Reader
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,8 @@ class OnlineResult:
     """Feature values (one row per requested entity row) plus freshness per view.
 
     ``columns`` holds the values as read: the join keys as lists of ids, each
-    feature as a 1-D object array (Python values, ``None`` where missing).
-    ``features`` is the same as a DataFrame, built on first use: the request
-    path scores straight from the columns and never pays for a frame.
+    feature as a 1-D object array (Python values, ``None`` where missing); the
+    request path scores straight from them.
     """
 
     service: str
@@ -93,10 +93,11 @@ class OnlineResult:
     n: int
     freshness: dict[str, ViewFreshness] = field(default_factory=dict)
 
-    @cached_property
-    def features(self) -> pd.DataFrame:
-        lists = {k: v.tolist() if isinstance(v, np.ndarray) else list(v) for k, v in self.columns.items()}
-        return _frame(lists, self.n)
+    @property
+    def found(self) -> list[bool]:
+        """Per row: did every view have a row for it?"""
+        flags = [f.found for f in self.freshness.values()]
+        return [all(row) for row in zip(*flags, strict=True)] if flags else []
 
     @property
     def stale(self) -> list[bool]:
@@ -110,26 +111,8 @@ class OnlineResult:
         ages = [f.age_seconds for f in self.freshness.values()]
         out: list[float | None] = []
         for row in zip(*ages, strict=True):
-            out.append(None if any(a is None for a in row) else max(row))  # type: ignore[type-var]
+            out.append(None if any(a is None for a in row) else max(0.0, max(row)))  # type: ignore[type-var]
         return out
-
-    def freshness_frame(self) -> pd.DataFrame:
-        """Long format: one row per (entity row, view)."""
-        parts = [
-            pd.DataFrame(
-                {
-                    "row": range(len(f.stale)),
-                    "view": f.view,
-                    "event_timestamp": f.event_timestamp,
-                    "age_seconds": f.age_seconds,
-                    "ttl_seconds": f.ttl_seconds,
-                    "stale": f.stale,
-                    "found": f.found,
-                }
-            )
-            for f in self.freshness.values()
-        ]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 _PLANS: dict[tuple[int, str], _ServicePlan] = {}
@@ -250,64 +233,6 @@ def _read_fast(
     return OnlineResult(service=plan.service, columns=columns, n=n, freshness=freshness)
 
 
-# --- the result frame -------------------------------------------------------------------
-
-_INT, _FLOAT, _NONE = int, float, type(None)
-_COLUMN_INDEXES: dict[tuple[str, ...], pd.Index] = {}
-
-
-def _frame(columns: dict[str, list[Any]], n: int) -> pd.DataFrame:
-    """``pd.DataFrame(columns, index=range(n))``, with the dtypes pandas infers from
-    those lists, built as one block per dtype: pandas' per-column inference costs
-    ~1 ms for a one-row, 40-column frame, more than the read itself. Columns holding
-    anything but int, float, str and None (and any failure of pandas' internals)
-    take pandas' own constructor."""
-    if n == 0:
-        return pd.DataFrame(columns, index=range(n))
-    kinds: dict[str, list[int]] = {"i": [], "f": [], "O": []}
-    for j, values in enumerate(columns.values()):
-        types = set(map(type, values))
-        if types <= {_INT} and types:
-            kinds["i"].append(j)
-        elif types <= {_INT, _FLOAT, _NONE} and types & {_INT, _FLOAT}:
-            kinds["f"].append(j)
-        elif types <= {str, _NONE}:
-            kinds["O"].append(j)
-        else:
-            return pd.DataFrame(columns, index=range(n))
-    try:
-        return _frame_from_blocks(list(columns.values()), list(columns), kinds, n)
-    except Exception:  # noqa: BLE001  (pandas internals moved: the public path is exact)
-        return pd.DataFrame(columns, index=range(n))
-
-
-def _frame_from_blocks(values: list[list[Any]], names: list[str], kinds: dict[str, list[int]], n: int) -> pd.DataFrame:
-    import numpy as np
-    from pandas._libs.internals import BlockPlacement
-    from pandas.core.internals import BlockManager
-    from pandas.core.internals.blocks import new_block
-
-    blocks = []
-    for kind, where in kinds.items():
-        if not where:
-            continue
-        if kind == "O":
-            array = np.empty((len(where), n), dtype=object)
-            for row, j in enumerate(where):
-                array[row, :] = values[j]
-        else:  # None -> NaN for floats, as pandas does
-            array = np.array([values[j] for j in where], dtype=np.int64 if kind == "i" else np.float64)
-            array = array.reshape(len(where), n)
-        blocks.append(new_block(array, placement=BlockPlacement(np.asarray(where, dtype=np.intp)), ndim=2))
-    labels = _COLUMN_INDEXES.get(tuple(names))
-    if labels is None:  # an Index is immutable: frames may share it
-        if len(_COLUMN_INDEXES) > 1000:
-            _COLUMN_INDEXES.clear()
-        labels = _COLUMN_INDEXES[tuple(names)] = pd.Index(names)
-    manager = BlockManager(blocks, [labels, pd.RangeIndex(n)], verify_integrity=False)
-    return pd.DataFrame._from_mgr(manager, axes=manager.axes)
-
-
 # --- readers: the online store's read, minus the per-call Python ----------------------
 #
 # A reader takes distinct entity-id tuples and returns, per id, the event time of the
@@ -316,13 +241,8 @@ def _frame_from_blocks(values: list[list[Any]], names: list[str], kinds: dict[st
 # 3,700 stored values: they are decoded and placed with C-level maps and one numpy
 # assignment, not a Python loop per value.
 
-#: Bounded memo caches (cleared when full): serialized entity keys and the Python
-#: value of each distinct stored ValueProto. Both are pure functions of their key.
-_CACHE_LIMIT = 200_000
-_ENTITY_KEYS: dict[tuple[Any, ...], bytes] = {}
-#: Missing (Redis answers None) and empty ValueProto bytes (a null) are None.
-_NULLS: dict[bytes | None, Any] = {None: None, b"": None}
-_VALUES: dict[bytes | None, Any] = dict(_NULLS)
+#: The event time of each distinct stored timestamp, per store kind (bounded like the
+#: codec's caches).
 _STAMPS: dict[Any, datetime | None] = {}
 
 Reader = Callable[[list[tuple[str, ...]]], tuple[list[datetime | None], np.ndarray]]
@@ -338,67 +258,6 @@ def _reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...], features
     if type(online) is RedisOnlineStore and store.config.online_store.client == "redis":
         return _redis_reader(store, online, view, join_keys, features)
     return _provider_reader(store, view, join_keys, features)
-
-
-def _entity_keys(join_keys: tuple[str, ...], ids: list[tuple[str, ...]], version: int) -> list[bytes]:
-    """Feast's ``serialize_entity_key`` of each id tuple (string join keys), memoized."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
-    out = []
-    for values in ids:
-        memo = (join_keys, values, version)
-        key = _ENTITY_KEYS.get(memo)
-        if key is None:
-            proto = EntityKeyProto(
-                join_keys=list(join_keys), entity_values=[ValueProto(string_val=v) for v in values]
-            )
-            key = serialize_entity_key(proto, entity_key_serialization_version=version)
-            if len(_ENTITY_KEYS) >= _CACHE_LIMIT:
-                _ENTITY_KEYS.clear()
-            _ENTITY_KEYS[memo] = key
-        out.append(key)
-    return out
-
-
-def _decode_blob(blob: bytes) -> Any:
-    """The Python value of stored ValueProto bytes, as ``_python`` gives it."""
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-    from feast.type_map import feast_value_type_to_python_type
-
-    proto = ValueProto()
-    proto.ParseFromString(blob)
-    return _python(proto, feast_value_type_to_python_type)
-
-
-def _decode_many(blobs: Sequence[bytes | None]) -> tuple[list[Any], bool]:
-    """The Python values of stored ValueProto bytes (None/empty -> None), each distinct
-    blob parsed once and memoized; and whether any value is a list or dict (those are
-    parsed per occurrence, so results never share a mutable object)."""
-    new = set(blobs).difference(_VALUES)
-    if new:
-        decoded = {b: _decode_blob(b) for b in new}  # type: ignore[arg-type]
-        scalars = {b: v for b, v in decoded.items() if not isinstance(v, list | dict)}
-        if len(_VALUES) + len(scalars) > _CACHE_LIMIT:
-            _VALUES.clear()
-            _VALUES.update(_NULLS)
-        _VALUES.update(scalars)
-        if len(scalars) < len(decoded):
-            return [_VALUES[b] if b in _VALUES else _decode_blob(b) for b in blobs], True  # type: ignore[arg-type]
-    return list(map(_VALUES.__getitem__, blobs)), False
-
-
-def _objects(values: list[Any], nested: bool) -> np.ndarray:
-    """A 1-D object array of exactly these values: one copy for scalars; a loop when a
-    value is a list (numpy would unpack it into a dimension instead of storing it)."""
-    out = np.empty(len(values), dtype=object)
-    if nested:
-        for i, v in enumerate(values):
-            out[i] = v
-    else:
-        out[:] = values
-    return out
 
 
 def _sqlite_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple[str, ...], features: tuple[str, ...]) -> Reader:
@@ -447,12 +306,12 @@ def _sqlite_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple
             if convert is not None:
                 value = convert(raw if isinstance(raw, bytes) else str(raw).encode())
             ts = as_utc(value) if isinstance(value, datetime) else None
-            if ts is not None and len(_STAMPS) < _CACHE_LIMIT:
+            if ts is not None and len(_STAMPS) < CACHE_LIMIT:
                 _STAMPS[memo] = ts
         return ts
 
     def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray]:
-        keys = _entity_keys(join_keys, ids, version)
+        keys = entity_keys(join_keys, ids, version)
         # Each row comes back with its key's position in the request (a small int) instead
         # of the 40-byte key, so it lands in its grid row without a lookup by key.
         sql = (f"WITH q(i, k) AS (VALUES {','.join(['(?, ?)'] * len(keys))}) "
@@ -462,8 +321,7 @@ def _sqlite_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple
         found = conn().execute(sql, [v for pair in enumerate(keys) for v in pair]).fetchall()
         if found:
             rows, names, blobs, times = zip(*found, strict=True)
-            values, nested = _decode_many(blobs)
-            grid[rows, list(map(column_of.__getitem__, names))] = _objects(values, nested)
+            grid[rows, list(map(column_of.__getitem__, names))] = decode_values(blobs)
             # Feast keeps the last row's time (all rows of an entity share it): so does dict().
             for i, raw in dict(zip(rows, times, strict=True)).items():
                 stamps[i] = stamp(raw)
@@ -502,14 +360,14 @@ def _redis_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple[
             proto.ParseFromString(raw)
             seconds = proto.seconds + proto.nanos / 1_000_000_000.0
             ts = datetime.fromtimestamp(seconds, tz=UTC) if seconds > 0 else None
-            if ts is not None and len(_STAMPS) < _CACHE_LIMIT:
+            if ts is not None and len(_STAMPS) < CACHE_LIMIT:
                 _STAMPS[memo] = ts
         return ts
 
     state: dict[str, Any] = {}
 
     def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray]:
-        keys = [k + project for k in _entity_keys(join_keys, ids, version)]
+        keys = [k + project for k in entity_keys(join_keys, ids, version)]
         if "client" not in state:
             state["client"] = _fail_fast_client(online, config.online_store)
         with state["client"].pipeline(transaction=False) as pipe:
@@ -517,8 +375,7 @@ def _redis_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple[
                 pipe.hmget(key, fields)
             replies = pipe.execute()
         stamps = [stamp(reply[width]) for reply in replies]
-        values, nested = _decode_many(list(chain.from_iterable(replies)))
-        grid = _objects(values, nested).reshape(len(keys), width + 1)
+        grid = decode_values(list(chain.from_iterable(replies))).reshape(len(keys), width + 1)
         for i, ts in enumerate(stamps):
             if ts is None:
                 grid[i] = None
@@ -568,7 +425,7 @@ def _provider_reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...],
                 continue
             stamps.append(None if ts is None else as_utc(ts))
             for j, f in enumerate(features):
-                grid[i, j] = _python(data.get(f), feast_value_type_to_python_type)
+                grid[i, j] = python_value(data.get(f), feast_value_type_to_python_type)
         return stamps, grid
 
     return read
@@ -596,16 +453,3 @@ def _read_sdk(
             stamps.append(datetime.fromtimestamp(seconds, UTC) if found else None)
         freshness[view.name] = _freshness(view, stamps, now)
     return OnlineResult(service=plan.service, columns=columns, n=n, freshness=freshness)
-
-
-#: Scalar ValueProto fields read directly; anything else goes through Feast's converter.
-_SCALARS = frozenset({"int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"})
-
-
-def _python(proto: Any, convert: Any) -> Any:
-    if proto is None:
-        return None
-    kind = proto.WhichOneof("val")
-    if kind is None or kind == "null_val":
-        return None
-    return getattr(proto, kind) if kind in _SCALARS else convert(proto)

@@ -107,14 +107,8 @@ class OnlineReader:
         except CrmscoreError as exc:  # e.g. the service was removed from the registry
             raise StoreUnavailable(str(exc)) from exc
         values = {name: result.columns[name] for name in self.features}
-        fresh = [result.freshness[v] for v in self.views]
-        found = [all(f.found[i] for f in fresh) for i in range(len(ids))]
-        stale = [any(f.stale[i] for f in fresh) for i in range(len(ids))]
-        ages: list[float | None] = []
-        for i in range(len(ids)):
-            row = [f.age_seconds[i] for f in fresh]
-            ages.append(None if any(a is None for a in row) else max(0.0, max(row)))  # type: ignore[type-var]
-        return Rows(ids=ids, values=values, found=found, age_seconds=ages, stale=stale)
+        return Rows(ids=ids, values=values, found=result.found, age_seconds=result.max_age_seconds,
+                    stale=result.stale)
 
     def probe(self) -> None:
         """Read an id that does not exist: raises ``StoreUnavailable`` if the store is down."""

@@ -34,8 +34,10 @@ class FeatureWorkspace:
 
 @pytest.fixture(scope="module")
 def feature_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeatureWorkspace]:
-    from features.build import build_features, snapshot_grid
-    from features.store import apply_repository, feature_store, materialize_latest
+    from features.build import build_features
+    from features.grid import snapshot_grid
+    from features.materialize import materialize_latest
+    from features.store import apply_repository, feature_store
 
     ws = Workspace(tmp_path_factory.mktemp("fws"))
     tables = tiny_tables()

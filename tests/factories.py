@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import polars as pl
 
 from crmdata.contract import TABLES
@@ -88,3 +90,10 @@ def write_lake(
     manifest = LakeManifest(source="test", custom_attributes=custom_attributes or {})
     write_tables(directory, tiny_tables() if tables is None else tables, manifest)
     return directory
+
+
+def online_frame(result: Any) -> pd.DataFrame:
+    """An online read's columns as a DataFrame with the dtypes pandas infers (for comparing the
+    fast read with Feast's SDK read value by value)."""
+    lists = {k: v.tolist() if hasattr(v, "tolist") else list(v) for k, v in result.columns.items()}
+    return pd.DataFrame(lists, index=range(result.n))

@@ -12,15 +12,16 @@ import pytest
 
 from crmdata.errors import CrmscoreError
 from crmdata.lake import TRUTH_DIR
-from features.build import (
-    BUILD_SUMMARY,
-    build_features,
-    parse_dates,
-    parse_every,
-    read_build_summary,
-    snapshot_grid,
+from features.build import BUILD_SUMMARY, build_features, read_build_summary
+from features.catalog import (
+    EVENT_TIMESTAMP,
+    FEATURES,
+    NOT_MODEL_INPUTS,
+    attribute_column,
+    table_file,
 )
-from features.catalog import EVENT_TIMESTAMP, FEATURES, attribute_column, table_file
+from features.grid import parse_dates, parse_every, snapshot_grid
+from features.labels import open_leads
 from tests.conftest import contract_frame
 from tests.factories import tiny_tables, write_lake
 
@@ -145,6 +146,82 @@ def test_values_match_hand_computation(tmp_path: Path) -> None:
     assert (p2["product_price"], p2["product_category"], p2["product_is_repeatable"]) == (
         15.5, "consumables", 1,
     )
+
+
+def test_lead_status_as_of_each_snapshot(tmp_path: Path) -> None:
+    """``lead_status`` / ``lead_closed_at`` follow the labels' open rule at each snapshot:
+    a lead is closed by a conversion or loss strictly before as_of, and the date is the
+    UTC day of that event."""
+    first, second = ts(2022, 10, 1), ts(2022, 12, 2)
+    profile = {"source": "web", "country": "US", "industry": "retail", "company_size": "11-50",
+               "job_seniority": "manager", "created_at": ts(2022, 1, 3)}
+    leads = contract_frame(
+        "leads",
+        [
+            {"lead_id": "OPEN", **profile},
+            {"lead_id": "CONV", **profile, "converted_at": ts(2022, 5, 10, 15, 30)},
+            {"lead_id": "LOST", **profile, "lost_at": ts(2022, 9, 7, 23, 59)},
+            {"lead_id": "LATE", **profile, "converted_at": ts(2022, 12, 1, 9)},  # after the first
+            {"lead_id": "EDGE", **profile, "lost_at": first},  # at as_of: not before it
+        ],
+    )
+    tables = tiny_tables()
+    lake = write_lake(
+        tmp_path / "lake", {"customers": tables["customers"], "orders": tables["orders"], "leads": leads}
+    )
+    out = tmp_path / "features"
+    build_features(lake, out, [first, second])
+
+    def status(as_of: datetime) -> dict[str, tuple[str, str | None]]:
+        frame = read(out, "lead").filter(pl.col(EVENT_TIMESTAMP) == as_of)
+        return {r["lead_id"]: (r["lead_status"], r["lead_closed_at"]) for r in frame.to_dicts()}
+
+    assert status(first) == {
+        "OPEN": ("open", None),
+        "CONV": ("converted", "2022-05-10"),
+        "LOST": ("lost", "2022-09-07"),
+        "LATE": ("open", None),
+        "EDGE": ("open", None),
+    }
+    assert status(second) == {
+        "OPEN": ("open", None),
+        "CONV": ("converted", "2022-05-10"),
+        "LOST": ("lost", "2022-09-07"),
+        "LATE": ("converted", "2022-12-01"),
+        "EDGE": ("lost", "2022-10-01"),
+    }
+    for as_of in (first, second):  # the same rule as lead scoring's population
+        opened = sorted(k for k, (s, _) in status(as_of).items() if s == "open")
+        assert opened == open_leads(lake, as_of)["lead_id"].to_list()
+
+
+def test_a_new_lead_gets_the_features_the_build_gives_a_stored_one(tmp_path: Path) -> None:
+    """features/new_lead.py (serving's brand-new leads) and the feature SQL agree on every
+    feature a lead's attributes determine: the attributes, their ranks, days since created."""
+    from features.new_lead import ATTRIBUTES, new_lead_row
+
+    as_of = ts(2022, 3, 1)
+    profile = {"source": "web", "country": "US", "industry": "retail", "company_size": "11-50",
+               "job_seniority": "manager", "created_at": ts(2022, 1, 3, 12)}
+    leads = contract_frame("leads", [{"lead_id": "L1", **profile}])
+    tables = tiny_tables()
+    lake = write_lake(tmp_path / "lake", {"customers": tables["customers"], "orders": tables["orders"],
+                                          "leads": leads})
+    build_features(lake, tmp_path / "features", [as_of])
+    stored = read(tmp_path / "features", "lead").to_dicts()[0]
+    row, given = new_lead_row({a: profile[a] for a in ATTRIBUTES}, {}, profile["created_at"], as_of)
+    assert given == {*ATTRIBUTES, "company_size_rank", "job_seniority_rank", "days_since_created"}
+    assert {f: row[f] for f in given} == {f: stored[f] for f in given}
+    assert (row["company_size_rank"], row["job_seniority_rank"]) == (1, 1)  # "11-50", "manager"
+
+
+def test_status_fields_are_served_but_not_model_inputs() -> None:
+    assert NOT_MODEL_INPUTS == {"lead_status", "lead_closed_at"}
+    specs = {s.name: s for s in FEATURES["lead"]}
+    assert all(specs[name].kind == "str" and not specs[name].model_input for name in NOT_MODEL_INPUTS)
+    # The set is by name across entities: no model input anywhere may share one.
+    inputs = {s.name for entity_specs in FEATURES.values() for s in entity_specs if s.model_input}
+    assert not inputs & NOT_MODEL_INPUTS
 
 
 def test_types_follow_the_catalogue(tmp_path: Path) -> None:

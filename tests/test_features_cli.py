@@ -59,7 +59,8 @@ def test_cdnow_lake_builds_what_it_can(tmp_path: Path) -> None:
     if importlib.util.find_spec("lifetimes") is None or not MAPPING.exists():
         pytest.skip("needs the lifetimes package (dev extra) and examples/cdnow/mapping.yaml")
     from crmdata.importer import import_lake
-    from features.build import build_features, snapshot_grid
+    from features.build import build_features
+    from features.grid import snapshot_grid
     from features.labels import churn_labels
     from features.store import apply_repository, feature_store
     from features.training import training_frame

@@ -58,7 +58,7 @@ def test_subscription_churn(tmp_path: Path) -> None:
     labels = churn_labels_subscription(lake, [CUT], window_days=90)
     assert as_dict(labels) == {"A": 1, "B": 0, "C": 0, "G": 1}
     assert labels.columns == ["customer_id", "event_timestamp", LABEL]
-    assert churn_labels(lake, [CUT]).equals(labels)  # auto picks subscriptions
+    assert churn_labels(lake, [CUT], window_days=90).equals(labels)  # auto picks subscriptions
 
 
 def test_transactional_churn(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_transactional_churn(tmp_path: Path) -> None:
     lake = write_lake(tmp_path, {"customers": customers(*"ABCEFZ"), "orders": orders(*rows)})
     labels = churn_labels_transactional(lake, [CUT], window_days=90, lookback_days=365)
     assert as_dict(labels) == {"A": 0, "B": 1, "E": 1}
-    assert churn_labels(lake, [CUT]).equals(labels)  # auto: no subscriptions table
+    assert churn_labels(lake, [CUT], window_days=90).equals(labels)  # auto: no subscriptions table
 
 
 def test_lead_conversion(tmp_path: Path) -> None:

@@ -16,18 +16,14 @@ import polars as pl
 import pytest
 
 from crmdata.workspace import Workspace
-from features.build import build_features, snapshot_grid
+from features.build import build_features
 from features.catalog import EVENT_TIMESTAMP, table_file
+from features.grid import snapshot_grid
+from features.materialize import materialize_latest
 from features.online import read_online
-from features.store import (
-    DEFAULT_REDIS_URL,
-    Profile,
-    apply_repository,
-    feature_store,
-    materialize_latest,
-)
+from features.store import DEFAULT_REDIS_URL, Profile, apply_repository, feature_store
 from features.training import service_features, training_frame
-from tests.factories import write_lake
+from tests.factories import online_frame, write_lake
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -80,7 +76,7 @@ def test_redis_profile_end_to_end(tmp_path, registry_url: str) -> None:
         for fast in (True, False):
             result = read_online(other, "churn_v1", ids + ["nobody"], fast=fast, now=newest)
             for column in service_features(other.get_feature_service("churn_v1")):
-                online = result.features[column].tolist()[:-1]
+                online = online_frame(result)[column].tolist()[:-1]
                 expected = latest[column].to_list()
                 assert all((a is None or pd.isna(a)) and b is None or a == b for a, b in zip(online, expected, strict=True)), column
             fresh = result.freshness["customer_features"]

@@ -26,6 +26,7 @@ from features.store import (
 )
 from features.training import service_features, training_frame
 from tests.conftest import FeatureWorkspace
+from tests.factories import online_frame
 
 FEATURES_DIR = Path(__file__).resolve().parent.parent / "features"
 FEAST_TYPES = {"str": "String", "int": "Int64", "float": "Float64"}
@@ -52,6 +53,7 @@ def test_services_and_types_are_registered(feature_workspace: FeatureWorkspace) 
     assert "attr_tier" in churn and "orders_30d" in churn
     lead = service_features(store.get_feature_service("lead_scoring_v1"))
     assert "attr_score" in lead
+    assert {"lead_status", "lead_closed_at"} <= set(lead)  # one online read: features and status
     nbp = store.get_feature_service("next_best_product_v1")
     assert [p.name for p in nbp.feature_view_projections] == ["customer_features", "product_features"]
 
@@ -81,7 +83,7 @@ def test_online_equals_latest_offline(feature_workspace: FeatureWorkspace, fast:
         key = offline.columns[0]
         ids = sorted(offline[key])
         result = read_online(fw.store, service, ids, fast=fast)
-        online = result.features.set_index(key)
+        online = online_frame(result).set_index(key)
         offline = offline.set_index(key).loc[ids]
         for column in service_features(fw.store.get_feature_service(service)):
             for i in ids:
@@ -95,9 +97,9 @@ def test_fast_and_sdk_reads_agree(feature_workspace: FeatureWorkspace) -> None:
     now = datetime.now(UTC)
     fast = read_online(store, "next_best_product_v1", rows, now=now)
     sdk = read_online(store, "next_best_product_v1", rows, now=now, fast=False)
-    pd.testing.assert_frame_equal(fast.features, sdk.features[fast.features.columns], check_dtype=False)
-    assert fast.freshness_frame().equals(sdk.freshness_frame())
-    assert fast.features.loc[1, "product_category"] == "consumables"
+    pd.testing.assert_frame_equal(online_frame(fast), online_frame(sdk)[online_frame(fast).columns], check_dtype=False)
+    assert fast.freshness == sdk.freshness
+    assert online_frame(fast).loc[1, "product_category"] == "consumables"
 
 
 def test_freshness_reports_age_and_staleness(feature_workspace: FeatureWorkspace) -> None:
@@ -269,7 +271,8 @@ def sqlite_rows(store) -> dict[str, list[tuple]]:
 
 
 def test_bulk_materialize_writes_what_feast_writes(tmp_path: Path) -> None:
-    from features.store import apply_repository, feature_store, materialize_latest
+    from features.materialize import materialize_latest
+    from features.store import apply_repository, feature_store
 
     stores = {}
     for fast in (False, True):
@@ -295,7 +298,8 @@ def test_bulk_materialize_writes_what_feast_writes(tmp_path: Path) -> None:
 def test_fast_read_equals_sdk_on_tricky_values(tmp_path: Path) -> None:
     """The fast read and Feast's get_online_features agree value by value and dtype by
     dtype on nulls, -0.0, infinities, big ints, odd strings and missing entities."""
-    from features.store import apply_repository, feature_store, materialize_latest
+    from features.materialize import materialize_latest
+    from features.store import apply_repository, feature_store
 
     ws = tricky_workspace(tmp_path)
     store = feature_store(ws)
@@ -310,49 +314,35 @@ def assert_fast_equals_sdk(store) -> None:
     for chunk in (ids[:1], ids[1:2], ids[-3:], ids):
         fast = read_online(store, "churn_v1", chunk, now=now)
         sdk = read_online(store, "churn_v1", chunk, now=now, fast=False)
-        pd.testing.assert_frame_equal(fast.features, sdk.features[fast.features.columns])
-        assert fast.freshness_frame().equals(sdk.freshness_frame())
+        pd.testing.assert_frame_equal(online_frame(fast), online_frame(sdk)[online_frame(fast).columns])
+        assert fast.freshness == sdk.freshness
     lead = read_online(store, "lead_scoring_v1", ["L0", "L3"], now=now)
-    pd.testing.assert_frame_equal(lead.features, read_online(store, "lead_scoring_v1", ["L0", "L3"], now=now, fast=False).features)
+    pd.testing.assert_frame_equal(online_frame(lead), online_frame(read_online(store, "lead_scoring_v1", ["L0", "L3"], now=now, fast=False)))
 
 
-def test_frame_builder_matches_pandas() -> None:
-    from features.online import _frame
-
-    cases = [
-        {"a": ["C1", "C2"], "b": [1, 2], "c": [1.5, None], "d": [1, None], "e": [None, None], "f": ["x", None],
-         "g": [1, 2.5], "h": [float("nan"), -0.0], "i": [2**62, -1]},
-        {"a": ["C1"], "b": [3], "c": [None], "d": [1.0]},
-        {"a": [], "b": []},
-        {"a": ["C1"], "b": [True]},
-        {"a": ["x", 1]},
-    ]
-    for columns in cases:
-        n = len(next(iter(columns.values())))
-        pd.testing.assert_frame_equal(_frame(columns, n), pd.DataFrame(columns, index=range(n)))
-    frame = _frame(cases[0], 2)
-    frame.loc[0, "b"] = 5  # an ordinary, writable frame
-    assert frame.loc[0, "b"] == 5 and cases[0]["b"] == [1, 2]
-
-
-def test_decoded_values_are_memoized_but_lists_never_shared() -> None:
+def test_decoded_values_are_memoized_but_lists_never_shared(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each distinct stored ValueProto is parsed once and reused; list values are parsed
-    per occurrence (so two rows never share one mutable list) and stored as lists, not
-    spread into the grid by numpy."""
+    per occurrence (so two rows never share one mutable list) and stored as one element,
+    not spread into the array by numpy; a full cache starts over without losing the
+    values the current call needs."""
     from feast.protos.feast.types.Value_pb2 import Int64List
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-    from features.online import _decode_many, _objects
+    from features import codec
 
     three = ValueProto(int64_val=3).SerializeToString()
     name = ValueProto(string_val="smb").SerializeToString()
     items = ValueProto(int64_list_val=Int64List(val=[1, 2])).SerializeToString()
-    values, nested = _decode_many([three, None, b"", name, three])
-    assert (values, nested) == ([3, None, None, "smb", 3], False)
-    values, nested = _decode_many([items, three, items])
-    assert nested and values == [[1, 2], 3, [1, 2]] and values[0] is not values[2]
-    column = _objects(values, nested)
-    assert column.shape == (3,) and column[0] == [1, 2] and column[1] == 3
+    assert codec.decode_values([three, None, b"", name, three]).tolist() == [3, None, None, "smb", 3]
+    column = codec.decode_values([items, three, items])
+    assert column.shape == (3,) and column.tolist() == [[1, 2], 3, [1, 2]] and column[0] is not column[2]
+
+    monkeypatch.setattr(codec, "_VALUES", dict(codec._NULLS))
+    monkeypatch.setattr(codec, "CACHE_LIMIT", 4)
+    blobs = [ValueProto(int64_val=i).SerializeToString() for i in range(5)]
+    assert codec.decode_values(blobs[:3]).tolist() == [0, 1, 2]
+    assert codec.decode_values([blobs[0], blobs[3], blobs[4]]).tolist() == [0, 3, 4]
+    assert len(codec._VALUES) <= 2 + 3  # the nulls and this call's values
 
 
 def test_fast_sqlite_read_follows_a_replaced_store_file(tmp_path: Path) -> None:
@@ -361,8 +351,10 @@ def test_fast_sqlite_read_follows_a_replaced_store_file(tmp_path: Path) -> None:
     import shutil
     import sqlite3
 
-    from features.online import _entity_keys, read_online
-    from features.store import apply_repository, feature_store, materialize_latest
+    from features.codec import entity_keys
+    from features.materialize import materialize_latest
+    from features.online import read_online
+    from features.store import apply_repository, feature_store
 
     ws = tricky_workspace(tmp_path)
     store = feature_store(ws)
@@ -374,7 +366,7 @@ def test_fast_sqlite_read_follows_a_replaced_store_file(tmp_path: Path) -> None:
     rebuilt = tmp_path / "rebuilt.db"
     shutil.copy(db, rebuilt)
     with sqlite3.connect(rebuilt) as conn:  # the rebuilt store no longer has C3's row
-        (c3,) = _entity_keys(("customer_id",), [("C3",)], store.config.entity_key_serialization_version)
+        (c3,) = entity_keys(("customer_id",), [("C3",)], store.config.entity_key_serialization_version)
         conn.execute('DELETE FROM "crmscore_customer_features" WHERE entity_key = ?', (c3,))
     os.replace(rebuilt, db)
     assert read_online(store, "churn_v1", ["C1", "C3"]).freshness["customer_features"].found == [True, False]

@@ -1,0 +1,296 @@
+"""Materialize: load each entity's latest snapshot into the online store.
+
+``materialize_latest`` writes, per feature view, what Feast's
+``FeatureStore.materialize`` over ``[newest snapshot - TTL, newest snapshot]``
+would write. For the online stores it has been checked against (SQLite, Redis) it
+writes the *same bytes* in bulk (tests compare them with Feast's own output);
+anything else goes through Feast.
+
+Feast's ``materialize`` spends its time in Python per value: it builds one
+ValueProto per cell, then the SQLite store upserts row by row and the Redis store
+serializes every proto and hashes every field name once per entity. The bulk path
+reads the window Feast would read, keeps the newest row per entity (Feast's
+``pull_latest_from_table_or_query``), encodes the rows with ``features.codec``
+(Feast's converters once per distinct value, Feast's entity-key serialization)
+and hands large batches to the store's own connection: SQLite ``executemany`` of
+Feast's upsert statement; Redis pipelined ``HSET`` after Feast's
+newest-event-timestamp-wins check (pipelined ``HMGET`` of ``_ts:<view>``, skipped
+exactly when Feast skips it: ``skip_dedup``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from features.build import read_build_summary
+from features.catalog import EVENT_TIMESTAMP, VIEW_NAMES, VIEW_TTL, table_file
+from features.codec import SCALAR_VALUE_TYPES, EncodedRows, encode_rows
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+#: Entities per batch written to the online store (bounds memory; one transaction
+#: or pipeline per batch).
+MATERIALIZE_BATCH = 20_000
+
+#: Writes encoded rows of a view to the store's online store, as Feast would.
+Writer = Callable[["FeatureStore", Any, EncodedRows], None]
+
+
+class MaterializeSummary(BaseModel):
+    """What ``materialize_latest`` loaded: the snapshot and its row count per view."""
+
+    project: str
+    snapshot: datetime
+    rows: dict[str, int]
+    seconds: float
+
+    def render(self) -> str:
+        rows = ", ".join(f"{v}: {n:,}" for v, n in self.rows.items())
+        return (
+            f"materialized snapshot {self.snapshot:%Y-%m-%d %H:%M} UTC into the online store "
+            f"of {self.project} in {self.seconds:.1f}s ({rows})"
+        )
+
+
+def materialize_latest(
+    store: FeatureStore,
+    feature_tables: Path,
+    views: list[str] | None = None,
+    *,
+    fast: bool = True,
+) -> MaterializeSummary:
+    """Load each entity's latest snapshot into the online store.
+
+    Every entity that exists at the newest snapshot has a row there, so the window
+    ``[newest - TTL, newest]`` holds every latest value; Feast keeps the newest row
+    per entity when several fall in it.
+
+    ``fast=True`` (default) writes the same rows as Feast's ``materialize`` in bulk
+    (see ``_materialize_bulk``) for the stores it has been checked against (SQLite,
+    Redis); any other view or store, and ``fast=False``, go through
+    ``FeatureStore.materialize``.
+    """
+    import polars as pl
+
+    summary = read_build_summary(feature_tables)
+    newest = max(summary.as_of)
+    # Only the feature views: the score views are fed by `crmscore push-scores`.
+    views = list(VIEW_NAMES.values()) if views is None else views
+    start_date, end_date = newest - VIEW_TTL, newest + timedelta(seconds=1)
+    started = time.perf_counter()
+    # Feast prints progress bars to stdout; the summary below says what happened.
+    with contextlib.redirect_stdout(io.StringIO()):
+        rest = _materialize_bulk(store, start_date, end_date, views) if fast else views
+        if rest:
+            store.materialize(start_date=start_date, end_date=end_date, feature_views=rest)
+    rows: dict[str, int] = {}
+    for view in store.list_feature_views():
+        if view.name not in views:
+            continue
+        entity = next(e for e, name in VIEW_NAMES.items() if name == view.name)
+        path = feature_tables / table_file(entity)
+        rows[view.name] = (
+            pl.scan_parquet(path)
+            .filter(pl.col(EVENT_TIMESTAMP) == newest)
+            .select(pl.len())
+            .collect()
+            .item()
+        )
+    return MaterializeSummary(
+        project=store.project,
+        snapshot=newest,
+        rows=rows,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _materialize_bulk(
+    store: FeatureStore, start_date: datetime, end_date: datetime, views: list[str]
+) -> list[str]:
+    """Materialize what the bulk path supports; return the view names left for Feast."""
+    from feast import utils as feast_utils
+
+    writer = _bulk_writer(store)
+    text = writer is _write_sqlite  # SQLite stores a value_text beside each value
+    version = store.config.entity_key_serialization_version
+    registered = {v.name: v for v in store.list_feature_views() if v.online}
+    rest: list[str] = []
+    for name in views:
+        view = registered.get(name)
+        if writer is None or view is None or not _bulk_supported(view):
+            rest.append(name)
+            continue
+        frame = _latest_rows(view, start_date, end_date)
+        for offset in range(0, frame.num_rows, MATERIALIZE_BATCH):
+            writer(store, view, encode_rows(view, frame.slice(offset, MATERIALIZE_BATCH), version=version, text=text))
+        # What Feast's materialize records after writing a view.
+        store.registry.apply_materialization(
+            view, store.project, feast_utils.make_tzaware(start_date), feast_utils.make_tzaware(end_date)
+        )
+    return rest
+
+
+def _bulk_writer(store: FeatureStore) -> Writer | None:
+    """The bulk writer for the store's online store, or None where Feast must write."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    config = store.config
+    if config.registry.enable_online_feature_view_versioning:
+        return None
+    online = store._get_provider().online_store
+    if type(online) is SqliteOnlineStore:
+        oc = config.online_store
+        if oc.vector_enabled or getattr(oc, "enable_openai_compatible_store", False):
+            return None
+        return _write_sqlite
+    if type(online) is RedisOnlineStore and config.online_store.client == "redis":
+        return _write_redis
+    return None
+
+
+def _bulk_supported(view: Any) -> bool:
+    """A view the bulk path writes exactly as Feast does: a plain ``FileSource``, one
+    join key, scalar feature types (``features.codec.SCALAR_VALUE_TYPES``)."""
+    from feast import FileSource
+
+    source = view.batch_source
+    return (
+        isinstance(source, FileSource)
+        and not source.field_mapping
+        and not source.created_timestamp_column
+        and len(view.entity_columns) == 1
+        and all(f.dtype.to_value_type().name in SCALAR_VALUE_TYPES for f in view.features)
+    )
+
+
+def _latest_rows(view: Any, start_date: datetime, end_date: datetime) -> Any:
+    """The newest row per entity with ``start_date <= event time <= end_date``, as an
+    Arrow table: what Feast's offline store (DuckDB, ``pull_latest_from_table_or_query``)
+    hands to ``materialize``: an inclusive window, the newest row per join key."""
+    import polars as pl
+    from feast import utils as feast_utils
+
+    key = view.entity_columns[0].name
+    ts = view.batch_source.timestamp_field
+    columns = [key, ts, *(f.name for f in view.features)]
+    start, end = feast_utils.make_tzaware(start_date), feast_utils.make_tzaware(end_date)
+    frame = pl.scan_parquet(view.batch_source.path).select(columns)
+    stamp = pl.col(ts)
+    if frame.collect_schema()[ts].time_zone is None:  # naive stamps are UTC to Feast
+        stamp = stamp.dt.replace_time_zone("UTC")
+    return (
+        frame.filter(stamp.is_between(start, end, closed="both"))
+        .sort(ts, maintain_order=True)
+        .unique(subset=[key], keep="last", maintain_order=True)
+        .collect()
+        .to_arrow()
+    )
+
+
+def _write_sqlite(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
+    """Feast's SQLite upsert (``SqliteOnlineStore.online_write_batch``), as one
+    ``executemany`` per batch on the store's own connection."""
+    import sqlite3
+    from itertools import repeat
+
+    from feast.infra.online_stores.sqlite import _quote_id, _table_id
+    from feast.utils import to_naive_utc
+
+    config = store.config
+    conn = store._get_provider().online_store._get_conn(config)
+    table = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    sql = (
+        f"INSERT INTO {_quote_id(table)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+        "VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+        "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts;"
+    )
+    # The value sqlite3 stores for each event time: Feast's registered adapter (if
+    # any) applied once per distinct time instead of once per row.
+    adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol))
+    naive: dict[int, Any] = {}
+    for t in batch.timestamps:
+        if id(t) not in naive:
+            naive[id(t)] = adapt(to_naive_utc(t)) if adapt else to_naive_utc(t)
+    stamps = [naive[id(t)] for t in batch.timestamps]
+    assert batch.texts is not None
+    # Entity by entity, features in view order: the order Feast writes in.
+    n, width = len(batch.entity_keys), len(batch.features)
+    keys = [k for k in batch.entity_keys for _ in range(width)]
+    names = batch.features * n
+    vals = [v for row in zip(*batch.values, strict=True) for v in row]
+    texts = [t for row in zip(*batch.texts, strict=True) for t in row]
+    ts = [t for t in stamps for _ in range(width)]
+    with conn:
+        conn.executemany(sql, zip(keys, names, vals, texts, ts, repeat(None)))
+
+
+def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
+    """Feast's Redis write (``RedisOnlineStore.online_write_batch``) with the same
+    keys, fields and values, and the same rule: a row is written only if its event
+    time is newer than the one stored (unless ``skip_dedup``)."""
+    from feast import utils as feast_utils
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.infra.online_stores.redis import _versioned_fv_name
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    config = store.config
+    oc = config.online_store
+    client = store._get_provider().online_store._get_client(oc)
+    fv_name = _versioned_fv_name(view, config)
+    ts_key = f"_ts:{fv_name}"
+    fields = [_mmh3(f"{fv_name}:{f}") for f in batch.features]
+    project = config.project.encode("utf-8")
+    keys = [k + project for k in batch.entity_keys]
+
+    def nanos(ts: Timestamp) -> int:
+        return ts.seconds * 1_000_000_000 + ts.nanos
+
+    new: dict[int, tuple[bytes, int]] = {}
+    for t in batch.timestamps:
+        if id(t) not in new:
+            proto = Timestamp()
+            proto.FromDatetime(feast_utils.make_tzaware(t))
+            new[id(t)] = (proto.SerializeToString(), nanos(proto))
+    stamps = [new[id(t)] for t in batch.timestamps]
+    keep = [True] * len(keys)
+    if not oc.skip_dedup:
+        with client.pipeline(transaction=False) as pipe:
+            command = pipe.execute_command  # pipe.hmget(k, ts_key), minus its wrapper
+            for k in keys:
+                command("HMGET", k, ts_key)
+            previous = [r[0] for r in pipe.execute()]
+        parsed: dict[bytes, int] = {}
+        for i, prev in enumerate(previous):
+            if not prev:
+                continue
+            if prev not in parsed:
+                proto = Timestamp()
+                proto.ParseFromString(prev)
+                parsed[prev] = nanos(proto)
+            seen = parsed[prev]
+            keep[i] = not (seen and stamps[i][1] <= seen)
+    with client.pipeline(transaction=False) as pipe:
+        # pipe.hset(k, mapping={ts_key: ts, field: value, ...}) sends exactly
+        # HSET k ts_key ts field value ...; the arguments are built flat here.
+        command = pipe.execute_command
+        for k, (ts_bytes, _), row, ok in zip(keys, stamps, zip(*batch.values, strict=True), keep, strict=True):
+            if not ok:
+                continue
+            args = [None] * (2 * len(fields))
+            args[0::2] = fields
+            args[1::2] = row
+            command("HSET", k, ts_key, ts_bytes, *args)
+            if oc.key_ttl_seconds:
+                pipe.expire(name=k, time=oc.key_ttl_seconds)
+        pipe.execute()
