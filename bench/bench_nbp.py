@@ -91,12 +91,13 @@ def main() -> None:
     from training.nbp.interactions import owned_once, read_lake, time_split
     from training.nbp.train import make_model
     from training.registry import configure_mlflow, ensure_experiment
+    from training.tasks import NBP
 
     # A training job meets an existing tracking store: create it (schema migrations) first.
-    ensure_experiment(configure_mlflow(), "crm-next-best-product")
+    ensure_experiment(configure_mlflow(), NBP.model_name)
     params = NbpParams()
     data = read_lake(lake)
-    split = time_split(data, 30, None, params.confidence)
+    split = time_split(data, NBP.window_days, None, params.confidence)
     matrix = split.train.confidence
     log.info("matrix: %d customers × %d products, %d non-zeros", *matrix.shape, matrix.nnz)
 

@@ -179,3 +179,19 @@ def truth_cutoffs(lake: Path) -> list[datetime]:
 
     walk(json.loads(path.read_text()), False)
     return sorted(set(found))
+
+
+def read_truth_table(lake: Path, file: str, columns: list[str] | None = None) -> pl.DataFrame | None:
+    """One truth table of a synthetic world (e.g. ``CHURN_FILE``), or None for other lakes."""
+    path = truth_dir(lake) / file
+    return pl.read_parquet(path, columns=columns) if path.exists() else None
+
+
+def truth_window_days(lake: Path, kind: str) -> int | None:
+    """The label window (days) the world's ``kind`` truth (``churn``, ``lead``) is defined over,
+    or None for lakes without ground truth: an oracle only compares to a model of that window."""
+    path = truth_dir(lake) / WORLD_FILE
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text()).get("calendar", {}).get(f"{kind}_window_days")
+    return int(value) if value is not None else None

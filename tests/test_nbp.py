@@ -17,21 +17,14 @@ import pytest
 from crmdata.contract import TABLES
 from crmdata.errors import CrmscoreError
 from tests.factories import ts, write_lake
-from training.nbp.interactions import (
-    ConfidenceParams,
-    build_interactions,
-    read_lake,
-    time_split,
-    typical_amounts,
-)
+from training.nbp.interactions import ConfidenceParams, owned_once, read_lake, time_split
+from training.nbp.persist import read_recommender, save_recommender
 from training.nbp.recommender import (
     REASON_AGAIN,
     REASON_BOUGHT,
     REASON_OVERALL,
     REASON_SEGMENT,
     Recommender,
-    read_recommender,
-    save_recommender,
 )
 from training.nbp.train import NbpParams, build_recommender, fit_factors
 
@@ -85,13 +78,14 @@ def make_tables(seed: int = 0) -> dict[str, pl.DataFrame]:
     order("LATE", "KIT_B", CUTOFF + timedelta(days=2))
     products = [{"product_id": p, "name": v[0], "category": v[1], "price": v[2], "is_repeatable": v[3]}
                 for p, v in PRODUCTS.items()]
+    return {"customers": table("customers", customers), "products": table("products", products),
+            "orders": table("orders", orders)}
 
-    def frame(name: str, rows: list[dict]) -> pl.DataFrame:
-        schema = TABLES[name].polars_schema()
-        return pl.DataFrame([{c: r.get(c) for c in schema} for r in rows], schema=schema, orient="row")
 
-    return {"customers": frame("customers", customers), "products": frame("products", products),
-            "orders": frame("orders", orders)}
+def table(name: str, rows: list[dict]) -> pl.DataFrame:
+    """A contract table from row dicts (missing columns null)."""
+    schema = TABLES[name].polars_schema()
+    return pl.DataFrame([{c: r.get(c) for c in schema} for r in rows], schema=schema, orient="row")
 
 
 @pytest.fixture(scope="module")
@@ -113,21 +107,27 @@ def recommender(lake: Path) -> Recommender:
 # --- confidences and the split -------------------------------------------------------------
 
 
-def test_confidence_formula_exact() -> None:
+def test_confidence_formula_exact(tmp_path: Path) -> None:
     as_of = ts(2024, 1, 1)
-    orders = pl.DataFrame({
-        "customer_id": ["C1", "C1", "C1", "C2"],
-        "product_id": ["P1", "P1", "P2", "P1"],
-        "ordered_at": [as_of - timedelta(days=100), as_of - timedelta(days=1), as_of - timedelta(days=50),
-                       as_of + timedelta(days=1)],  # the last one is after as_of: ignored
-        "quantity": [1, 3, 2, 1],
-        "amount": [10.0, 30.0, 0.0, 10.0],
-    }, schema_overrides={"ordered_at": pl.Datetime("us", "UTC")})
-    products = np.array(["P1", "P2"])
+    orders = [  # customer, product, days after as_of, quantity, amount
+        ("C1", "P1", -100, 1, 10.0), ("C1", "P1", -1, 3, 30.0), ("C1", "P2", -50, 2, 0.0),
+        # After as_of: the test window, not the confidences (and C2 is not active before it).
+        ("C1", "P1", 1, 1, 10.0), ("C2", "P1", 1, 1, 10.0),
+    ]
+    tables = {
+        "customers": table("customers", [{"customer_id": c, "signup_at": ts(2023, 1, 1), "segment": "smb"}
+                                         for c in ("C1", "C2")]),
+        "products": table("products", [{"product_id": p, "name": p, "category": "c", "price": 10.0,
+                                        "is_repeatable": True} for p in ("P1", "P2")]),
+        "orders": table("orders", [{"order_id": f"O{i}", "customer_id": c, "product_id": p,
+                                    "ordered_at": as_of + timedelta(days=d), "quantity": q, "amount": a}
+                                   for i, (c, p, d, q, a) in enumerate(orders)]),
+    }
     params = ConfidenceParams(alpha=2.0, half_life_days=100.0)
-    amount, quantity = typical_amounts(orders.filter(pl.col("ordered_at") < as_of), products)
-    assert amount.tolist() == [20.0, 0.0] and quantity.tolist() == [2.0, 2.0]
-    inter = build_interactions(orders, products, as_of, params, amount, quantity)
+    split = time_split(read_lake(write_lake(tmp_path / "lake", tables)), 30, as_of, params)
+    # Medians of the orders before as_of: the scale of each product's orders.
+    assert split.typical_amount.tolist() == [20.0, 0.0] and split.typical_quantity.tolist() == [2.0, 2.0]
+    inter = split.train
     assert inter.customer_ids.tolist() == ["C1"] and inter.orders.tolist() == [3]
     c = inter.confidence.toarray()
     # P1: log2(1 + 10/20)·2^(-100/100) + log2(1 + 30/20)·2^(-1/100)
@@ -171,7 +171,7 @@ def test_owned_non_repeatable_products_are_never_recommended(recommender: Recomm
 
 def test_batch_never_recommends_owned_one_offs(recommender: Recommender) -> None:
     frame = recommender.recommend_all(k=6)
-    owned = recommender.owned_once().tocoo()
+    owned = owned_once(recommender.history, recommender.repeatable).tocoo()
     pairs = {(recommender.customer_ids[r], recommender.product_ids[c]) for r, c in zip(owned.row, owned.col, strict=True)}
     got = set(zip(frame["customer_id"].to_list(), frame["product_id"].to_list(), strict=True))
     assert pairs and not pairs & got

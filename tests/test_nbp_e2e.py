@@ -55,7 +55,10 @@ def test_train_log_register_gate_both_ways_and_serve(world: Path, mlflow_store: 
     assert third.reason.startswith("does not beat the champion"), third.reason
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == good.version
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version) == third.version
-    assert client.get_model_version(MODEL_NAME, third.version).tags["gate_decision"] == "kept"
+    tags = client.get_model_version(MODEL_NAME, third.version).tags
+    assert tags["gate_decision"] == "kept" and tags["headline_metric"] == "ndcg_at_10"
+    assert tags["headline_value"] == f"{third.metrics['overall']['ndcg_at_10']:.4f}" and tags["cutoff"]
+    assert client.get_run(third.run_id).data.tags["promoted"] == "false"
 
     # Metrics: every k and every policy, on the same rows; the model beats popularity here.
     for k in (5, 10):

@@ -11,12 +11,13 @@ import pytest
 from mlflow import MlflowClient
 
 from crmdata.errors import CrmscoreError
-from training.calibration import CHURN_BANDS
 from training.model import ModelSpec, load_model
 from training.registry import CHALLENGER, CHAMPION, list_versions, promote
+from training.tasks import CHURN
 from training.trainer import CUTOFF, LABEL, BinaryTask, train_binary
 
 FEATURES = ["x1", "x2", "x3", "segment"]
+MODEL = CHURN.model_name
 
 
 @pytest.fixture()
@@ -47,10 +48,10 @@ def make_frame(n: int = 2500, cutoffs: int = 5, seed: int = 0) -> tuple[pd.DataF
 
 
 def task(features: list[str] = FEATURES, **kw: int) -> BinaryTask:
-    spec = ModelSpec(task="churn", model_name="crm-churn", feature_service="churn_v1", entity_key="customer_id",
+    spec = ModelSpec(task="churn", model_name=MODEL, feature_service="churn_v1", entity_key="customer_id",
                      features=features, categories={"segment": []} if "segment" in features else {},
                      label_window_days=90, mode="subscription")
-    return BinaryTask(spec=spec, segment_column="segment", grading=CHURN_BANDS, baseline_name="x1 rule",
+    return BinaryTask(spec=spec, segment_column="segment", grading=CHURN.grades, baseline_name="x1 rule",
                       positive_noun="churned customers", negative_noun="retained customers", **kw)
 
 
@@ -78,12 +79,14 @@ def test_trains_logs_registers_and_promotes(mlflow_store: Path) -> None:
     card = mlflow.artifacts.load_text(f"runs:/{result.run_id}/model_card.md")
     assert "baseline: x1 rule" in card and "oracle" in card
 
-    mv = client.get_model_version_by_alias("crm-churn", CHAMPION)
+    mv = client.get_model_version_by_alias(MODEL, CHAMPION)
     assert str(mv.version) == result.version == "1"
     assert set(mv.aliases) == {CHAMPION, CHALLENGER}
-    assert mv.tags["gate_reason"] == "no champion yet"
+    assert mv.tags["gate_reason"] == "no champion yet" and mv.tags["promoted_by"] == "gate"
+    assert mv.tags["headline_metric"] == "roc_auc" and mv.tags["headline_value"] == f"{overall['roc_auc']:.4f}"
+    assert run.data.tags["promoted"] == "true" and run.data.tags["promotion_reason"] == "no champion yet"
 
-    model = load_model("crm-churn")
+    model = load_model(MODEL)
     holdout = frame[frame[CUTOFF] == frame[CUTOFF].max()]
     scored = model.score(holdout)
     assert scored["probability"].between(0, 1).all() and scored["score"].between(1, 99).all()
@@ -91,7 +94,7 @@ def test_trains_logs_registers_and_promotes(mlflow_store: Path) -> None:
     reasons = model.reasons(holdout.head(3))
     assert all(r.impact > 0 for r in reasons[0]["up"]) and all(r.impact < 0 for r in reasons[0]["down"])
     # The booster is stored in LightGBM's native text format, not a pickle.
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/crm-churn/{result.version}"))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{result.version}"))
     assert (local / "model.lgb").read_text().startswith("tree")
 
 
@@ -105,14 +108,14 @@ def test_gate_keeps_a_worse_challenger_and_promotes_a_better_one(mlflow_store: P
     assert not worse.promoted and worse.alias == CHALLENGER
     assert worse.reason.startswith("does not beat the champion")
     client = MlflowClient()
-    assert str(client.get_model_version_by_alias("crm-churn", CHAMPION).version) == first.version
-    assert client.get_model_version("crm-churn", worse.version).tags["gate_decision"] == "kept"
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == first.version
+    assert client.get_model_version(MODEL, worse.version).tags["gate_decision"] == "kept"
 
     # Make the weak model champion by hand; the full model then beats it.
-    promote(client, "crm-churn", worse.version, "test: demote to compare")
+    promote(client, MODEL, worse.version, "test: demote to compare")
     better = train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
     assert better.promoted and better.reason.startswith("beats the champion")
-    rows = list_versions(client, ("crm-churn",))
+    rows = list_versions(client, (MODEL,))
     assert [r.version for r in rows] == ["3", "2", "1"]
     assert CHAMPION in rows[0].aliases
 
@@ -140,11 +143,11 @@ def test_cli_models_list_and_promote(mlflow_store: Path) -> None:
     listed = runner.invoke(app, ["models", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     assert '"version": "2"' in listed.output and '"champion"' in listed.output
-    promoted = runner.invoke(app, ["promote", "crm-churn", second.version, "--reason", "test"])
+    promoted = runner.invoke(app, ["promote", MODEL, second.version, "--reason", "test"])
     assert promoted.exit_code == 0, promoted.output
-    assert str(MlflowClient().get_model_version_by_alias("crm-churn", CHAMPION).version) == second.version
-    missing = runner.invoke(app, ["promote", "crm-churn", "99"])
-    assert missing.exit_code == 1 and "crm-churn has no version 99" in missing.output
+    assert str(MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version) == second.version
+    missing = runner.invoke(app, ["promote", MODEL, "99"])
+    assert missing.exit_code == 1 and f"{MODEL} has no version 99" in missing.output
     assert first.version == "1"
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.calibration import CHURN_BANDS, LEAD_GRADES, Calibrator, Grading, score_1_99
+from training.calibration import Calibrator, Grading, score_1_99
 from training.metrics import (
     binary_metrics,
     evaluate,
@@ -15,6 +15,7 @@ from training.metrics import (
     flatten,
     top_fraction,
 )
+from training.tasks import CHURN, LEAD
 
 Y = [1, 0, 1, 0, 0, 1, 0, 0, 0, 0]
 P = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
@@ -90,12 +91,12 @@ def test_calibration_improves_ece_on_a_skewed_fixture() -> None:
 
 def test_grading_follows_validation_quantiles() -> None:
     p = np.arange(100) / 100
-    grading = Grading.fit(p, *LEAD_GRADES)
+    grading = Grading.fit(p, *LEAD.grades)
     grades = grading.assign(p)
     counts = {g: int((grades == g).sum()) for g in "ABCD"}
     assert counts == {"A": 10, "B": 20, "C": 30, "D": 40}
     assert grades[-1] == "A" and grades[0] == "D"
-    bands = Grading.fit(p, *CHURN_BANDS).assign([0.0, 0.75, 0.95])
+    bands = Grading.fit(p, *CHURN.grades).assign([0.0, 0.75, 0.95])
     assert bands.tolist() == ["low", "medium", "high"]
 
 

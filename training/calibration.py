@@ -89,10 +89,6 @@ class Grading(BaseModel):
         return ordered[cleared]
 
 
-#: Lead grades like the A/B/C/D tiers of the 80/20 rule: A is the top 10% of leads.
-LEAD_GRADES = (["A", "B", "C", "D"], [0.10, 0.20, 0.30, 0.40])
-#: Churn bands: "high" is the top 10% risk, "medium" the next 20%.
-CHURN_BANDS = (["high", "medium", "low"], [0.10, 0.20, 0.70])
 
 
 def score_1_99(probabilities: npt.ArrayLike) -> np.ndarray:

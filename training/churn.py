@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 
 from crmdata.lake import read_table
+from crmdata.truth import CHURN_FILE, P_CHURN, truth_window_days
 from crmdata.workspace import Workspace
-from features.catalog import JOIN_KEYS
-from features.labels import CHURN_WINDOW_DAYS, churn_labels
-from training.calibration import CHURN_BANDS
+from features.labels import churn_labels
 from training.frames import (
     attach_oracle,
     choose_cutoffs,
@@ -26,15 +25,14 @@ from training.frames import (
     ensure_snapshots,
     labelled_frame,
     logistic,
+    model_features,
 )
 from training.model import ModelSpec
+from training.tasks import CHURN
 from training.trainer import BinaryTask, TrainResult, train_binary
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "crm-churn"
-FEATURE_SERVICE = "churn_v1"
-TRUTH_FILE = "churn.parquet"  # only synthetic worlds have it; only subscription churn is simulated
 Mode = Literal["auto", "subscription", "transactional"]
 
 
@@ -57,27 +55,28 @@ def recency_ticket_rule(frame: pd.DataFrame, mode: str) -> np.ndarray:
     return logistic(points, centre=4, scale=1.5)
 
 
-def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN_WINDOW_DAYS, tune: int = 0,
+def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.window_days, tune: int = 0,
                 profile: str = "local", min_positives: int = 200) -> TrainResult:
     """Train, evaluate, register and gate the churn model of a workspace."""
     if mode == "auto":
         mode = "subscription" if read_table(ws.lake, "subscriptions", ["customer_id"]) is not None else "transactional"
-    truth = TRUTH_FILE if mode == "subscription" and window_days == CHURN_WINDOW_DAYS else None
+    # Synthetic worlds simulate subscription churn over one window: the oracle compares only there.
+    truth = CHURN_FILE if mode == "subscription" and window_days == truth_window_days(ws.lake, "churn") else None
     started = time.perf_counter()
     cutoffs = choose_cutoffs(ws.lake, window_days, truth)
     ensure_snapshots(ws, cutoffs)
     labels = churn_labels(ws.lake, cutoffs, window_days=window_days, mode=mode)
-    frame = labelled_frame(ws, FEATURE_SERVICE, labels, profile)
-    key = JOIN_KEYS["customer"]
-    features = [c for c in frame.columns if c not in (key, "event_timestamp", "label")]
+    frame = labelled_frame(ws, CHURN.feature_service, labels, profile)
+    key = CHURN.key_column
+    features = model_features(frame, key)
     categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
-    spec = ModelSpec(task="churn", model_name=MODEL_NAME, feature_service=FEATURE_SERVICE, entity_key=key,
+    spec = ModelSpec(task=CHURN.key, model_name=CHURN.model_name, feature_service=CHURN.feature_service, entity_key=key,
                      features=features, categories={c: [] for c in categorical},
                      label_window_days=window_days, mode=mode)
-    task = BinaryTask(spec=spec, segment_column="segment", grading=CHURN_BANDS,
+    task = BinaryTask(spec=spec, segment_column="segment", grading=CHURN.grades,
                       baseline_name="recency/ticket rule", positive_noun="churned customers",
                       negative_noun="retained customers", min_positives=min_positives)
-    oracle = attach_oracle(frame, ws.lake, truth, key, "p_churn") if truth else None
+    oracle = attach_oracle(frame, ws.lake, truth, key, P_CHURN) if truth else None
     frame_seconds = time.perf_counter() - started
     result = train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
                           extra_tags={"lake": str(ws.lake)})

@@ -18,11 +18,13 @@ import pandas as pd
 import polars as pl
 
 from crmdata.errors import CrmscoreError
-from crmdata.lake import TRUTH_DIR, last_event
+from crmdata.lake import last_event
 from crmdata.times import as_utc
+from crmdata.truth import read_truth_table
 from crmdata.workspace import Workspace
-from features.build import build_features, read_build_summary, snapshot_grid
-from features.catalog import EVENT_TIMESTAMP
+from features.build import build_features, read_build_summary
+from features.catalog import EVENT_TIMESTAMP, NOT_MODEL_INPUTS
+from features.grid import snapshot_grid
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,9 @@ def choose_cutoffs(lake: Path, window_days: int, truth_file: str | None) -> list
     going back from the newest cutoff whose window fits.
     """
     end = last_event(lake)
-    truth_path = lake / TRUTH_DIR / truth_file if truth_file else None
-    if truth_path is not None and truth_path.exists():
-        grid = pl.read_parquet(truth_path, columns=["cutoff"])["cutoff"].unique().sort().to_list()
+    truth = read_truth_table(lake, truth_file, ["cutoff"]) if truth_file else None
+    if truth is not None:
+        grid = truth["cutoff"].unique().sort().to_list()
         cutoffs = [as_utc(c) for c in grid if as_utc(c) + timedelta(days=window_days) <= end]
         log.info("training on the %d truth cutoffs of the synthetic world", len(cutoffs))
         return cutoffs
@@ -87,10 +89,10 @@ def labelled_frame(ws: Workspace, service: str, labels: pl.DataFrame, profile: s
 
 def attach_oracle(frame: pd.DataFrame, lake: Path, truth_file: str, key: str, column: str) -> np.ndarray | None:
     """The true probability of each row, or None when the lake has no truth for every row."""
-    path = lake / TRUTH_DIR / truth_file
-    if not path.exists():
+    table = read_truth_table(lake, truth_file, ["cutoff", key, column])
+    if table is None:
         return None
-    truth = pl.read_parquet(path, columns=["cutoff", key, column]).to_pandas()
+    truth = table.to_pandas()
     truth["cutoff"] = pd.to_datetime(truth["cutoff"], utc=True)
     joined = frame[[key, EVENT_TIMESTAMP]].merge(
         truth.rename(columns={"cutoff": EVENT_TIMESTAMP}), on=[key, EVENT_TIMESTAMP], how="left"
@@ -112,3 +114,10 @@ def column(frame: pd.DataFrame, name: str, default: float = 0.0) -> pd.Series:
     if name not in frame.columns:
         return pd.Series(default, index=frame.index, dtype=float)
     return pd.to_numeric(frame[name], errors="coerce").astype(float)
+
+
+def model_features(frame: pd.DataFrame, key: str) -> list[str]:
+    """The columns of a training frame the model learns from: everything the feature service
+    gave except the key, the cutoff, the label, and the catalogue's fields that are served
+    but never a model input (e.g. a lead's status, which says who can be scored)."""
+    return [c for c in frame.columns if c not in (key, EVENT_TIMESTAMP, "label") and c not in NOT_MODEL_INPUTS]

@@ -14,10 +14,9 @@ import pandas as pd
 
 from crmdata.errors import CrmscoreError
 from crmdata.lake import read_table
+from crmdata.truth import LEAD_FILE, P_CONVERT, truth_window_days
 from crmdata.workspace import Workspace
-from features.catalog import JOIN_KEYS
-from features.labels import LEAD_WINDOW_DAYS, lead_conversion_labels
-from training.calibration import LEAD_GRADES
+from features.labels import lead_conversion_labels
 from training.frames import (
     attach_oracle,
     choose_cutoffs,
@@ -25,15 +24,14 @@ from training.frames import (
     ensure_snapshots,
     labelled_frame,
     logistic,
+    model_features,
 )
 from training.model import ModelSpec
+from training.tasks import LEAD
 from training.trainer import BinaryTask, TrainResult, train_binary
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "crm-lead-scoring"
-FEATURE_SERVICE = "lead_scoring_v1"
-TRUTH_FILE = "lead_conversion.parquet"
 
 #: Points per engagement in the last 30 days (capped), as a marketing team would set them.
 ENGAGEMENT_POINTS: dict[str, tuple[float, float]] = {
@@ -59,25 +57,25 @@ def points_rule(frame: pd.DataFrame) -> np.ndarray:
     return logistic(points, centre=40, scale=15)
 
 
-def train_lead(ws: Workspace, window_days: int = LEAD_WINDOW_DAYS, tune: int = 0, profile: str = "local",
+def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0, profile: str = "local",
                min_positives: int = 200) -> TrainResult:
     """Train, evaluate, register and gate the lead-scoring model of a workspace."""
-    if read_table(ws.lake, "leads", ["lead_id"]) is None:
+    if read_table(ws.lake, "leads", [LEAD.key_column]) is None:
         raise CrmscoreError(f"{ws.lake}: lead scoring needs the leads table, which this lake does not have")
-    truth = TRUTH_FILE if window_days == LEAD_WINDOW_DAYS else None
+    truth = LEAD_FILE if window_days == truth_window_days(ws.lake, "lead") else None
     started = time.perf_counter()
     cutoffs = choose_cutoffs(ws.lake, window_days, truth)
     ensure_snapshots(ws, cutoffs)
     labels = lead_conversion_labels(ws.lake, cutoffs, window_days=window_days)
-    frame = labelled_frame(ws, FEATURE_SERVICE, labels, profile)
-    key = JOIN_KEYS["lead"]
-    features = [c for c in frame.columns if c not in (key, "event_timestamp", "label")]
+    frame = labelled_frame(ws, LEAD.feature_service, labels, profile)
+    key = LEAD.key_column
+    features = model_features(frame, key)
     categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
-    spec = ModelSpec(task="lead", model_name=MODEL_NAME, feature_service=FEATURE_SERVICE, entity_key=key,
+    spec = ModelSpec(task=LEAD.key, model_name=LEAD.model_name, feature_service=LEAD.feature_service, entity_key=key,
                      features=features, categories={c: [] for c in categorical}, label_window_days=window_days)
-    task = BinaryTask(spec=spec, segment_column="source", grading=LEAD_GRADES, baseline_name="points-based lead score",
+    task = BinaryTask(spec=spec, segment_column="source", grading=LEAD.grades, baseline_name="points-based lead score",
                       positive_noun="converted leads", negative_noun="unconverted leads", min_positives=min_positives)
-    oracle = attach_oracle(frame, ws.lake, truth, key, "p_convert") if truth else None
+    oracle = attach_oracle(frame, ws.lake, truth, key, P_CONVERT) if truth else None
     frame_seconds = time.perf_counter() - started
     result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune, extra_tags={"lake": str(ws.lake)})
     result.seconds["frame"] = frame_seconds

@@ -2,7 +2,8 @@
 
 Conventions shared by every model:
 - one experiment per model, named like the registered model (``crm-churn``);
-- each training run registers a version and gives it the alias ``challenger``;
+- each training run registers a version and gives it the alias ``challenger``
+  (``register_and_gate``, the one tail every trainer shares);
 - ``champion`` moves only through ``promote`` (the gate or a person), and the
   decision and its reason are recorded as version tags.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,13 +26,12 @@ from pydantic import BaseModel
 
 from crmdata.errors import CrmscoreError
 from crmdata.workspace import mlflow_tracking_uri
+from training.tasks import model_names
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-#: The registered models this project trains.
-MODEL_NAMES: tuple[str, ...] = ("crm-churn", "crm-lead-scoring", "crm-next-best-product")
 
 
 def configure_mlflow() -> MlflowClient:
@@ -97,10 +99,43 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, by: str 
     log.info("%s version %s is now %s: %s", name, version, CHAMPION, reason)
 
 
-def record_decision(client: MlflowClient, name: str, version: str, promoted: bool, reason: str) -> None:
-    """Tag a version with the gate's decision (promoted or kept as challenger)."""
-    client.set_model_version_tag(name, version, "gate_decision", "promoted" if promoted else "kept")
-    client.set_model_version_tag(name, version, "gate_reason", reason)
+@dataclass(frozen=True)
+class Registration:
+    """What ``register_and_gate`` did with a training run's model."""
+
+    version: str
+    promoted: bool
+    reason: str
+
+    @property
+    def alias(self) -> str:
+        """The alias the version ended with (a promoted version also keeps ``challenger``)."""
+        return CHAMPION if self.promoted else CHALLENGER
+
+
+def register_and_gate(client: MlflowClient, model_name: str, model_uri: str, headline: tuple[str, float],
+                      gate: Callable[[], tuple[bool, str]],
+                      version_tags: Mapping[str, str] | None = None) -> Registration:
+    """Register a logged model as the challenger, ask the gate, record its answer, promote on yes.
+
+    Every trainer ends this way, so every version carries the same tags: the
+    headline metric (``crmscore models list`` shows it), the gate's decision and
+    reason. The version is registered before the gate runs so that a challenger the
+    gate keeps, or a gate that fails, still leaves a version a person can promote.
+    Call it inside the training run: the decision is also tagged on the run.
+    """
+    version = str(mlflow.register_model(model_uri, model_name).version)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    metric, value = headline
+    for key, tag in {"headline_metric": metric, "headline_value": f"{value:.4f}", **(version_tags or {})}.items():
+        client.set_model_version_tag(model_name, version, key, tag)
+    promoted, reason = gate()
+    client.set_model_version_tag(model_name, version, "gate_decision", "promoted" if promoted else "kept")
+    client.set_model_version_tag(model_name, version, "gate_reason", reason)
+    mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
+    if promoted:
+        promote(client, model_name, version, reason, by="gate")
+    return Registration(version=version, promoted=promoted, reason=reason)
 
 
 class VersionRow(BaseModel):
@@ -114,8 +149,11 @@ class VersionRow(BaseModel):
     decision: str | None = None
 
 
-def list_versions(client: MlflowClient, names: tuple[str, ...] = MODEL_NAMES) -> list[VersionRow]:
-    """Every registered version of our models, newest first, with its aliases and headline metric."""
+def list_versions(client: MlflowClient, names: tuple[str, ...] | None = None) -> list[VersionRow]:
+    """Every registered version of our models (default: every task's), newest first, with its
+    aliases and headline metric."""
+    if names is None:
+        names = model_names()
     rows: list[VersionRow] = []
     for name in names:
         try:

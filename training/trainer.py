@@ -39,13 +39,11 @@ from training.model import (
     save_model_files,
 )
 from training.registry import (
-    CHALLENGER,
     CHAMPION,
     configure_mlflow,
     ensure_experiment,
     git_commit,
-    promote,
-    record_decision,
+    register_and_gate,
     version_by_alias,
 )
 
@@ -310,27 +308,22 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
                 # Stated, not inferred: inference re-imports the model in a subprocess (~5 s).
                 pip_requirements=pinned_requirements("lightgbm", "numpy", "pandas"),
             )
-        mv = mlflow.register_model(info.model_uri, spec.model_name)
-        version = str(mv.version)
-        client.set_registered_model_alias(spec.model_name, CHALLENGER, version)
-        client.set_model_version_tag(spec.model_name, version, "headline_metric", "roc_auc")
-        client.set_model_version_tag(spec.model_name, version, "headline_value",
-                                     f"{metrics['overall']['roc_auc']:.4f}")
-        timings["log_and_register"] = time.perf_counter() - log_started
 
-        promoted, reason = gate(client, spec, holdout, y_hold, metrics["overall"],
-                                lambda v: load_model(spec.model_name, version=v, client=client))
-        record_decision(client, spec.model_name, version, promoted, reason)
-        mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
-        if promoted:
-            promote(client, spec.model_name, version, reason, by="gate")
+        def champion_gate() -> tuple[bool, str]:
+            # Asked right after the version is registered: the logging stage ends here.
+            timings["log_and_register"] = time.perf_counter() - log_started
+            return gate(client, spec, holdout, y_hold, metrics["overall"],
+                        lambda v: load_model(spec.model_name, version=v, client=client))
+
+        registration = register_and_gate(client, spec.model_name, info.model_uri,
+                                         ("roc_auc", metrics["overall"]["roc_auc"]), champion_gate)
         timings["total_in_run"] = time.perf_counter() - started
         mlflow.log_metrics({f"seconds.{k}": v for k, v in timings.items()})
 
     return TrainResult(
-        model=spec.model_name, version=version, run_id=run.info.run_id,
-        alias=CHAMPION if promoted else CHALLENGER, metrics=metrics, baseline=base_metrics,
-        oracle=oracle_metrics, promoted=promoted, reason=reason, seconds=timings,
+        model=spec.model_name, version=registration.version, run_id=run.info.run_id, alias=registration.alias,
+        metrics=metrics, baseline=base_metrics, oracle=oracle_metrics, promoted=registration.promoted,
+        reason=registration.reason, seconds=timings,
     )
 
 

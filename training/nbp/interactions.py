@@ -134,13 +134,8 @@ def index_of(ids: np.ndarray | pl.Series | list[str], known: np.ndarray) -> np.n
     return codes.cast(pl.Int64).fill_null(-1).to_numpy()
 
 
-def typical_amounts(orders: pl.DataFrame, product_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median amount and median quantity of each product's orders (NaN where never ordered)."""
-    col = index_of(orders[ORDER_PRODUCT], product_ids)
-    return _typical(col, orders[AMOUNT].to_numpy(), orders[QUANTITY].to_numpy(), len(product_ids))
-
-
 def _typical(col: np.ndarray, amount: np.ndarray, quantity: np.ndarray, n_products: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median amount and median quantity of each product's orders (NaN where never ordered)."""
     med = (pl.DataFrame({"c": col, "a": amount, "q": quantity}).filter(pl.col("c") >= 0)
            .group_by("c").agg(pl.col("a").median(), pl.col("q").median()))
     typical_amount = np.full(n_products, np.nan)
@@ -158,7 +153,6 @@ class Interactions:
     customer_ids: np.ndarray  # str, row order
     confidence: sp.csr_matrix  # c_uj (0 = never bought)
     orders: np.ndarray  # int64: product orders per customer before the reference time
-    as_of: datetime
     alpha: float
 
     def strength(self) -> sp.csr_matrix:
@@ -169,21 +163,19 @@ class Interactions:
 
 
 def build_interactions(orders: pl.DataFrame, product_ids: np.ndarray, as_of: datetime,
-                       params: ConfidenceParams, typical_amount: np.ndarray, typical_quantity: np.ndarray,
-                       customer_ids: np.ndarray | None = None) -> Interactions:
+                       params: ConfidenceParams, typical_amount: np.ndarray,
+                       typical_quantity: np.ndarray) -> Interactions:
     """The confidence matrix of orders placed before ``as_of`` (see the module docstring).
 
-    Rows are ``customer_ids`` when given (customers without orders get empty rows),
-    else the customers with at least one order, sorted. Orders of products outside
+    Rows are the customers with at least one order, sorted. Orders of products outside
     ``product_ids`` are ignored (a product added after the model was trained).
     """
     before = orders.filter(pl.col(ORDERED_AT) < as_of)
-    if customer_ids is None:
-        customer_ids = before[ORDER_CUSTOMER].unique().sort().to_numpy().astype(str)
+    customer_ids = before[ORDER_CUSTOMER].unique().sort().to_numpy().astype(str)
     row = index_of(before[ORDER_CUSTOMER], customer_ids)
     col = index_of(before[ORDER_PRODUCT], product_ids)
-    return _interactions(before, row, col, np.asarray(customer_ids).astype(str), len(product_ids), as_of, params,
-                         typical_amount, typical_quantity)
+    return _interactions(before, row, col, customer_ids, len(product_ids), as_of, params, typical_amount,
+                         typical_quantity)
 
 
 def _interactions(before: pl.DataFrame, row: np.ndarray, col: np.ndarray, customer_ids: np.ndarray,
@@ -211,8 +203,7 @@ def _interactions(before: pl.DataFrame, row: np.ndarray, col: np.ndarray, custom
     confidence = sp.csr_matrix(((1.0 + params.alpha * r.data).astype(np.float32), r.indices, r.indptr),
                                shape=shape)
     counts = np.bincount(row, minlength=shape[0]).astype(np.int64)
-    return Interactions(customer_ids=customer_ids, confidence=confidence, orders=counts, as_of=as_of,
-                        alpha=params.alpha)
+    return Interactions(customer_ids=customer_ids, confidence=confidence, orders=counts, alpha=params.alpha)
 
 
 def owned_once(confidence: sp.csr_matrix, repeatable: np.ndarray) -> sp.csr_matrix:

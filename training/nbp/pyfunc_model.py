@@ -23,7 +23,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 class NextBestProductModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
-        from training.nbp.recommender import read_recommender
+        from training.nbp.persist import read_recommender
 
         self.recommender = read_recommender(context.artifacts)
 

@@ -2,9 +2,9 @@
 
 A ``Recommender`` holds plain arrays — factors, id maps, the customers' purchase
 history, popularity tables — and answers "what should each of these customers
-buy next?", vectorized over customers. It is built by the trainer and read back
-from ``.npy`` + ``.json`` files (``save_recommender`` / ``read_recommender``);
-nothing is pickled. Training lives in ``training.nbp.train``, not here.
+buy next?", vectorized over customers. It is built by ``training.nbp.train`` and
+written to and read back from ``.npy`` + ``.json`` files by ``training.nbp.persist``
+(nothing is pickled); this module only answers.
 
 Rules every answer follows:
 
@@ -20,13 +20,11 @@ Rules every answer follows:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -35,16 +33,19 @@ import scipy.sparse as sp
 from pydantic import BaseModel
 
 from training.nbp.interactions import (
+    CUSTOMER_ID,
+    SEGMENT,
     ConfidenceParams,
     build_interactions,
     index_of,
     owned_once,
 )
 from training.ranking_metrics import top_k_from_scores
+from training.tasks import NBP
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "crm-next-best-product"
+MODEL_NAME = NBP.model_name
 Algorithm = Literal["als", "bpr"]
 
 REASON_SEGMENT = "popular in your segment"
@@ -168,10 +169,6 @@ class Recommender:
         index = self._product_index
         return np.asarray([index.get(str(p), -1) for p in product_ids], dtype=np.int64)
 
-    def owned_once(self) -> sp.csr_matrix:
-        """(U, P) owned non-repeatable products: never recommended."""
-        return owned_once(self.history, self.repeatable)
-
     # --- the public questions --------------------------------------------------------
 
     def recommend(self, customer_ids: Sequence[str], k: int = 10,
@@ -227,20 +224,15 @@ class Recommender:
 
     def rank(self, customer_ids: Sequence[str] | np.ndarray, k: int,
              exclude: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-             segments: Mapping[str, str] | None = None, reasons: bool = False,
-             owned: sp.csr_matrix | None = None) -> Ranked:
-        """Index-form top-k for a batch of customers (warm: factors; cold: popularity).
-
-        ``owned`` overrides the (len(ids), P) matrix of never-recommend pairs (the
-        evaluation passes the split's own); by default it comes from the history.
-        """
+             segments: Mapping[str, str] | None = None, reasons: bool = False) -> Ranked:
+        """Index-form top-k for a batch of customers (warm: factors; cold: popularity)."""
         rows = self.customer_rows(customer_ids)
         n, k = len(rows), min(k, self.n_products)
         known = rows >= 0
         safe = np.maximum(rows, 0)
         # Warm = known, enough orders, and factors (BPR cannot fold customers in: zero rows).
         warm = known & (self.orders[safe] >= self.spec.min_orders) & np.any(self.user_factors[safe] != 0, axis=1)
-        blocked = self._blocked(rows, owned, exclude, [str(c) for c in customer_ids])
+        blocked = self._blocked(rows, exclude, [str(c) for c in customer_ids])
         items = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), np.nan, dtype=np.float32)
         reason_items = np.full((n, k), -1, dtype=np.int64) if reasons else None
@@ -258,14 +250,12 @@ class Recommender:
             items[c], scores[c] = self._top_k_popular(seg, history, blocked[c], k)
         return Ranked(items=items, scores=scores, cold=~warm, reason_items=reason_items)
 
-    def _blocked(self, rows: np.ndarray, owned: sp.csr_matrix | None,
-                 exclude: Sequence[str] | Mapping[str, Sequence[str]] | None, ids: list[str]) -> sp.csr_matrix:
+    def _blocked(self, rows: np.ndarray, exclude: Sequence[str] | Mapping[str, Sequence[str]] | None,
+                 ids: list[str]) -> sp.csr_matrix:
         """(n, P) pairs never to recommend: owned one-offs plus the request's exclusions."""
         n = len(rows)
-        if owned is None:
-            history = self.history[np.maximum(rows, 0)]
-            owned = owned_once(history, self.repeatable)
-            owned = sp.diags((rows >= 0).astype(np.float32)) @ owned
+        owned = owned_once(self.history[np.maximum(rows, 0)], self.repeatable)
+        owned = sp.diags((rows >= 0).astype(np.float32)) @ owned  # unknown customers own nothing
         blocked = sp.csr_matrix(owned, dtype=np.float32)
         if exclude:
             if isinstance(exclude, Mapping):
@@ -468,8 +458,6 @@ class Recommender:
         fold-in, so new customers stay on the popularity fallback (cold start).
         ``customers`` (customer_id, segment) gives new customers their segment.
         """
-        from training.nbp.interactions import CUSTOMER_ID, SEGMENT
-
         fresh = build_interactions(orders, self.product_ids, as_of, self.spec.confidence,
                                    self.typical_amount, self.typical_quantity)
         rows = self.customer_rows(fresh.customer_ids)
@@ -517,76 +505,3 @@ class Recommender:
                                           num_threads=self.num_threads)
             als.item_factors = self.item_factors
             return als.recalculate_user(np.arange(confidence.shape[0]), confidence.astype(np.float32))
-
-
-# --- files ---------------------------------------------------------------------------------
-
-SPEC_FILE = "spec.json"
-PRODUCTS_FILE = "products.json"
-CUSTOMERS_FILE = "customer_ids.json"
-ARRAY_FILES = ("user_factors", "item_factors", "history_indptr", "history_indices", "history_data",
-               "customer_orders", "customer_segments", "popularity", "typical_amount", "typical_quantity")
-
-
-def save_recommender(rec: Recommender, directory: Path) -> dict[str, Path]:
-    """Write the recommender as .npy arrays and .json id maps; returns name → path (MLflow artifacts)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "user_factors": rec.user_factors, "item_factors": rec.item_factors,
-        "history_indptr": rec.history.indptr.astype(np.int64), "history_indices": rec.history.indices.astype(np.int32),
-        "history_data": rec.history.data.astype(np.float32), "customer_orders": rec.orders.astype(np.int64),
-        "customer_segments": rec.customer_segments.astype(np.int16), "popularity": rec.popularity,
-        "typical_amount": rec.typical_amount, "typical_quantity": rec.typical_quantity,
-    }
-    paths: dict[str, Path] = {}
-    for name, array in arrays.items():
-        paths[name] = directory / f"{name}.npy"
-        np.save(paths[name], np.ascontiguousarray(array), allow_pickle=False)
-    paths["spec"] = directory / SPEC_FILE
-    paths["spec"].write_text(rec.spec.model_dump_json(indent=2))
-    paths["products"] = directory / PRODUCTS_FILE
-    paths["products"].write_text(json.dumps({
-        "product_id": rec.product_ids.tolist(), "name": rec.product_names.tolist(),
-        "category": rec.product_categories.astype(int).tolist(), "repeatable": rec.repeatable.tolist(),
-    }))
-    paths["customer_ids"] = directory / CUSTOMERS_FILE
-    paths["customer_ids"].write_text(json.dumps(rec.customer_ids.tolist()))
-    return paths
-
-
-def read_recommender(paths: Mapping[str, str | Path], **attrs: object) -> Recommender:
-    """Read what ``save_recommender`` wrote (``paths``: artifact name → file), without pickle."""
-    def arr(name: str) -> np.ndarray:
-        return np.load(paths[name], allow_pickle=False)
-
-    spec = NbpSpec.model_validate_json(Path(paths["spec"]).read_text())
-    products = json.loads(Path(paths["products"]).read_text())
-    customers = np.asarray(json.loads(Path(paths["customer_ids"]).read_text()), dtype=str)
-    product_ids = np.asarray(products["product_id"], dtype=str)
-    history = sp.csr_matrix((arr("history_data"), arr("history_indices"), arr("history_indptr")),
-                            shape=(len(customers), len(product_ids)))
-    return Recommender(
-        spec=spec, customer_ids=customers, product_ids=product_ids,
-        product_names=np.asarray(products["name"], dtype=str),
-        product_categories=np.asarray(products["category"], dtype=np.int64),
-        repeatable=np.asarray(products["repeatable"], dtype=bool),
-        user_factors=arr("user_factors"), item_factors=arr("item_factors"), history=history,
-        orders=arr("customer_orders"), customer_segments=arr("customer_segments"),
-        popularity=arr("popularity"), typical_amount=arr("typical_amount"),
-        typical_quantity=arr("typical_quantity"), **attrs,  # type: ignore[arg-type]
-    )
-
-
-def artifact_paths(directory: Path) -> dict[str, Path]:
-    """name → file of a saved recommender found anywhere under ``directory`` (a downloaded model)."""
-    wanted = {**{n: f"{n}.npy" for n in ARRAY_FILES}, "spec": SPEC_FILE, "products": PRODUCTS_FILE,
-              "customer_ids": CUSTOMERS_FILE}
-    found: dict[str, Path] = {}
-    for name, file in wanted.items():
-        hit = next(directory.rglob(file), None)
-        if hit is None:
-            from crmdata.errors import CrmscoreError
-
-            raise CrmscoreError(f"{directory}: no {file} among the model's artifacts")
-        found[name] = hit
-    return found

@@ -9,6 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 from matplotlib.figure import Figure
 
+from training.nbp.recommender import MODEL_NAME
 from training.ranking_metrics import METRIC_NAMES, metric_key, ranking_metrics
 
 TABLE_METRICS: tuple[str, ...] = (*METRIC_NAMES, "coverage")
@@ -60,7 +61,7 @@ def plot_metrics_by_k(curves: Mapping[str, Mapping[str, list[float]]]) -> Figure
 
 def model_card(summary: Mapping[str, object], table: pd.DataFrame, metrics: dict) -> str:
     """A short markdown report: the setup, the comparison table and the slices."""
-    lines = ["# crm-next-best-product: evaluation report", ""]
+    lines = [f"# {MODEL_NAME}: evaluation report", ""]
     lines += [f"- {key}: {value}" for key, value in summary.items()]
     lines += ["", "## Same test customers, every policy", "",
               "| policy | k | " + " | ".join(TABLE_METRICS) + " |", "|---|---|" + "---|" * len(TABLE_METRICS)]
