@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from crmdata.contract import COMPANY_SIZES, JOB_SENIORITIES
 from crmdata.errors import CrmscoreError
 from crmdata.times import as_utc
 from crmdata.workspace import Workspace
-from features.catalog import JOIN_KEYS, VIEW_NAMES
+from features.catalog import ATTRIBUTE_PREFIX, JOIN_KEYS, VIEW_NAMES, attribute_column
+from features.new_lead import ATTRIBUTES, new_lead_row
 from features.store import Profile
 from serving.champions import Champions, Loaded, Slot
 from serving.online import OnlineReader, Rows, StoreUnavailable
@@ -48,15 +48,14 @@ from serving.schemas import (
     ReloadResponse,
 )
 from serving.scoring import BinaryScorer, Scored
+from training.tasks import CHURN, LEAD, NBP, TASKS, Task
 
 log = logging.getLogger(__name__)
 
-CHURN, LEAD, NBP = "crm-churn", "crm-lead-scoring", "crm-next-best-product"
-#: Short names for --models / CRMSCORE_SERVE_MODELS.
-MODEL_KEYS: dict[str, str] = {"churn": CHURN, "lead": LEAD, "nbp": NBP}
+#: Short names for --models / CRMSCORE_SERVE_MODELS -> registered model names.
+MODEL_KEYS: dict[str, str] = {key: task.model_name for key, task in TASKS.items()}
 #: The customer feature the recommender's popularity fallback needs for unknown customers.
 NBP_SEGMENT = "segment"
-NBP_SERVICE = "next_best_product_v1"
 
 PROFILE_ENV = "CRMSCORE_PROFILE"
 PROJECT_ENV = "CRMSCORE_FEAST_PROJECT"
@@ -146,10 +145,11 @@ class Predictor:
         # Loading downloads artifacts through MLflow's process-wide URI: pin ours, so nothing
         # else in the process (a test, a notebook) can point a reload at another registry.
         self.registry_uri = self.client._registry_uri
-        loaders: dict[str, Callable[[str], Loaded[Any]]] = {
-            CHURN: self._binary_loader(CHURN), LEAD: self._binary_loader(LEAD), NBP: self._load_nbp,
-        }
-        slots = [Slot(MODEL_KEYS[k], loaders[MODEL_KEYS[k]]) for k in settings.models]
+        slots = []
+        for key in settings.models:
+            task = TASKS[key]
+            load = self._binary_loader(task.model_name) if task.scorer == "binary" else self._load_nbp
+            slots.append(Slot(task.model_name, load))
         self.champions = Champions(self.client, slots)
         self._store_ok: bool | None = None
         self._probed_at = 0.0
@@ -190,9 +190,9 @@ class Predictor:
         recommender = load_recommender(version=version, client=self.client, lake=lake)
         # The NBP feature service is keyed by (customer, product); the customer's half is read
         # with one anchor product (any: its product row is not used).
-        reader = OnlineReader(self.store, NBP_SERVICE, views=[VIEW_NAMES["customer"]],
+        reader = OnlineReader(self.store, NBP.feature_service, views=[VIEW_NAMES["customer"]],
                               fixed_keys={JOIN_KEYS["product"]: str(recommender.product_ids[0])})
-        return Loaded(NBP, version, self.champions.alias, NbpBundle(recommender, reader))
+        return Loaded(NBP.model_name, version, self.champions.alias, NbpBundle(recommender, reader))
 
     def _pin_registry(self) -> None:
         import mlflow
@@ -265,19 +265,20 @@ class Predictor:
     # --- the three questions --------------------------------------------------------------
 
     def churn_risk(self, request: ChurnRiskRequest) -> ChurnRiskResponse:
-        loaded = self._champion(CHURN)
+        loaded = self._champion(CHURN.model_name)
         bundle: BinaryBundle = loaded.value
         rows = self._read(bundle.reader, request.customer_ids)
+        why_not = _why_not(CHURN, bundle, rows.values, rows.found)
         scored = bundle.scorer.score(rows.values, len(rows.ids), request.explain)
-        results = [
-            ChurnRisk(customer_id=cid, band=scored.grade[i] if rows.found[i] else None,
-                      **_scored_fields(scored, rows, i, request.explain))
-            for i, cid in enumerate(rows.ids)
-        ]
+        results = []
+        for i, cid in enumerate(rows.ids):
+            fields = _scored_fields(scored, rows, i, request.explain, why_not[i])
+            results.append(ChurnRisk(customer_id=cid, band=scored.grade[i] if fields["status"] in SCORED else None,
+                                     **fields))
         return ChurnRiskResponse(model=_info(loaded), results=results)
 
     def lead_score(self, request: LeadScoreRequest) -> LeadScoreResponse:
-        loaded = self._champion(LEAD)
+        loaded = self._champion(LEAD.model_name)
         bundle: BinaryBundle = loaded.value
         n = len(request.leads)
         known = [i for i, lead in enumerate(request.leads) if lead.lead_id is not None]
@@ -286,6 +287,7 @@ class Predictor:
         found, stale = [True] * n, [False] * n
         ages: list[float | None] = [0.0] * n
         defaulted: list[list[str] | None] = [None] * n
+        why_not: list[str | None] = [None] * n  # a new lead given by attributes is open by definition
         if known:
             rows = self._read(bundle.reader, [request.leads[i].lead_id for i in known])  # type: ignore[misc]
             for f in features:
@@ -293,8 +295,10 @@ class Predictor:
                 if source is not None:
                     for j, i in enumerate(known):
                         column[i] = source[j]
+            stored_why_not = _why_not(LEAD, bundle, rows.values, rows.found)
             for j, i in enumerate(known):
                 found[i], stale[i], ages[i] = rows.found[j], rows.stale[j], rows.age_seconds[j]
+                why_not[i] = stored_why_not[j]
         now = self.now()
         for i, lead in enumerate(request.leads):
             if lead.attributes is None:
@@ -306,16 +310,17 @@ class Predictor:
         rows_view = Rows(ids=[], values=values, found=found, age_seconds=ages, stale=stale)
         results = []
         for i, lead in enumerate(request.leads):
-            fields = _scored_fields(scored, rows_view, i, request.explain)
+            fields = _scored_fields(scored, rows_view, i, request.explain, why_not[i])
             if lead.attributes is not None:
                 # Scored from the request alone: no stored history, so it is a cold start.
                 fields.update(cold_start=True, stale=False, feature_age_seconds=0.0)
-            results.append(LeadScore(lead_id=lead.lead_id, grade=scored.grade[i] if found[i] else None,
+            results.append(LeadScore(lead_id=lead.lead_id,
+                                     grade=scored.grade[i] if fields["status"] in SCORED else None,
                                      defaulted=defaulted[i], **fields))
         return LeadScoreResponse(model=_info(loaded), results=results)
 
     def next_best_products(self, request: NextBestProductsRequest) -> NextBestProductsResponse:
-        loaded = self._champion(NBP)
+        loaded = self._champion(NBP.model_name)
         bundle: NbpBundle = loaded.value
         rec = bundle.recommender
         ids = list(request.customer_ids)
@@ -344,9 +349,25 @@ def _info(loaded: Loaded[Any]) -> ModelInfo:
     return ModelInfo(name=loaded.name, version=loaded.version, alias=loaded.alias)
 
 
-def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool) -> dict[str, Any]:
+#: Statuses that carry a probability, score and grade.
+SCORED = frozenset({"ok", "stale_features"})
+
+
+def _why_not(task: Task, bundle: BinaryBundle, values: Any, found: list[bool]) -> list[str | None]:
+    """Per stored row: None if the entity is in the task's population, else why not (rows not
+    found are left to ``not_found``). The rule is the task's, the one batch scoring uses."""
+    reasons = task.population.why_not(values, len(found), mode=bundle.scorer.spec.mode)
+    return [r if ok else None for r, ok in zip(reasons, found, strict=True)]
+
+
+def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool, why_not: str | None = None) -> dict[str, Any]:
     if not rows.found[i]:
         return {"status": "not_found", "stale": True, "cold_start": False, "feature_age_seconds": None}
+    if why_not is not None:
+        # Outside the model's population: a probability here would be an answer to a question
+        # the model was never trained on (e.g. churn of a customer with nothing to cancel).
+        return {"status": "not_eligible", "detail": why_not, "stale": rows.stale[i], "cold_start": False,
+                "feature_age_seconds": rows.age_seconds[i]}
     reasons = None
     if explain and scored.reasons is not None:
         r = scored.reasons[i]
@@ -365,46 +386,14 @@ def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool) -> dict[st
 
 # --- brand-new leads -------------------------------------------------------------------
 
-#: Lead attributes a request may give, as the feature of the same name.
-NEW_LEAD_ATTRIBUTES = ("source", "country", "industry", "company_size", "job_seniority")
-#: Unknown unless given (None), rather than 0: no activity ever, and ranks of attributes not given.
-NEW_LEAD_NONE = frozenset({"days_since_last_activity", "company_size_rank", "job_seniority_rank"})
-
-
-def new_lead_defaults() -> dict[str, Any]:
-    """Feature values of a lead with no recorded activity: counts 0, 'days since' unknown."""
-    from features.catalog import FEATURES
-
-    out: dict[str, Any] = {}
-    for spec in FEATURES["lead"]:
-        if spec.kind == "str" or spec.name in NEW_LEAD_NONE:
-            out[spec.name] = None
-        else:
-            out[spec.name] = 0 if spec.kind == "int" else 0.0
-    return out
-
-
-_DEFAULTS: dict[str, Any] | None = None
-
-
 def new_lead_features(lead: NewLead, features: list[str], now: datetime, index: int = 0) -> tuple[dict[str, Any], list[str]]:
-    """The feature row of a lead that is not in the store, and the features that were defaulted."""
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        _DEFAULTS = new_lead_defaults()
-    given: dict[str, Any] = {a: getattr(lead, a) for a in NEW_LEAD_ATTRIBUTES if getattr(lead, a) is not None}
-    if lead.company_size is not None:
-        given["company_size_rank"] = COMPANY_SIZES.index(lead.company_size)
-    if lead.job_seniority is not None:
-        given["job_seniority_rank"] = JOB_SENIORITIES.index(lead.job_seniority)
-    if lead.created_at is not None:
-        given["days_since_created"] = max((now - lead.created_at).total_seconds() / 86_400, 0.0)
-    for name, value in lead.custom.items():
-        column = f"attr_{name}"
-        if column not in features:
-            known = sorted(f.removeprefix("attr_") for f in features if f.startswith("attr_"))
-            raise BadRequest(f"leads[{index}].attributes.custom: the model has no custom attribute "
-                             f"{name!r} (it knows: {', '.join(known) or 'none'})")
-        given[column] = value
-    row = {f: given[f] if f in given else _DEFAULTS.get(f) for f in features}
-    return row, [f for f in features if f not in given]
+    """The model's feature row of a lead that is not in the store (``features.new_lead``), and
+    the features that were defaulted. An unknown custom attribute is a ``BadRequest``."""
+    unknown = [name for name in lead.custom if attribute_column(name) not in features]
+    if unknown:
+        known = sorted(f.removeprefix(ATTRIBUTE_PREFIX) for f in features if f.startswith(ATTRIBUTE_PREFIX))
+        raise BadRequest(f"leads[{index}].attributes.custom: the model has no custom attribute "
+                         f"{unknown[0]!r} (it knows: {', '.join(known) or 'none'})")
+    attributes = {a: getattr(lead, a) for a in ATTRIBUTES}
+    values, given = new_lead_row(attributes, lead.custom, lead.created_at, now)
+    return {f: values.get(f) for f in features}, [f for f in features if f not in given]

@@ -26,7 +26,7 @@ EntityId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Status = Literal["ok", "not_found", "stale_features"]
+Status = Literal["ok", "not_found", "stale_features", "not_eligible"]
 CompanySize = Literal[COMPANY_SIZES]  # type: ignore[valid-type]
 JobSeniority = Literal[JOB_SENIORITIES]  # type: ignore[valid-type]
 
@@ -66,7 +66,13 @@ class Reasons(_Response):
 class _Scored(_Response):
     status: Status = Field(
         description="ok | not_found (no online features: nothing scored) | "
-        "stale_features (scored, but the features are older than their TTL)"
+        "stale_features (scored, but the features are older than their TTL) | "
+        "not_eligible (outside the model's population, e.g. no active subscription or a closed "
+        "lead: nothing scored, `detail` says why)"
+    )
+    detail: str | None = Field(
+        None, description="not_eligible: why the entity is outside the population, e.g. "
+        "'no active subscription' or 'lead closed: lost on 2022-09-07'"
     )
     probability: float | None = Field(None, description="calibrated probability")
     score: int | None = Field(None, ge=1, le=99)

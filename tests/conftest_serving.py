@@ -37,8 +37,10 @@ REUSE_ENV = "CRMSCORE_TEST_SERVING_WORLD"
 class ServingWorld:
     ws: Workspace
     tracking_uri: str
-    customer_ids: list[str]  # in the online store
-    lead_ids: list[str]
+    customer_ids: list[str]  # in the online store and in churn's population (active subscribers)
+    lead_ids: list[str]  # in the online store and open
+    inactive_customer_ids: list[str]  # in the online store, no active subscription
+    closed_leads: dict[str, str]  # in the online store, converted or lost: lead_id -> status
     pii: list[str]  # every name, email and phone of the customers table
 
     def env(self) -> dict[str, str]:
@@ -61,24 +63,29 @@ def _col(frame: pd.DataFrame, name: str, fill: float) -> np.ndarray:
     return pd.to_numeric(frame[name], errors="coerce").fillna(fill).to_numpy(dtype=float)
 
 
-def _train(ws: Workspace, entity: str, name: str, service: str, key: str, grading: tuple, segment: str) -> None:
+def _train(ws: Workspace, task_key: str, segment: str) -> None:
+    from training.frames import model_features
     from training.model import ModelSpec
+    from training.tasks import TASKS
     from training.trainer import BinaryTask, train_binary
+
+    task = TASKS[task_key]
+    entity, key = task.entity, task.key_column
 
     frame = pd.read_parquet(ws.feature_tables / f"{entity}.parquet")
     frame = frame[frame["event_timestamp"].isin(sorted(frame["event_timestamp"].unique())[-6:])]
     frame = frame.reset_index(drop=True)
     z = _label_logit(entity, frame)
     frame["label"] = (np.random.default_rng(7).uniform(size=len(frame)) < _sigmoid(z)).astype(int)
-    features = [c for c in frame.columns if c not in (key, "event_timestamp", "label")]
+    features = model_features(frame, key)
     categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
-    spec = ModelSpec(task="churn" if entity == "customer" else "lead", model_name=name, feature_service=service,
+    spec = ModelSpec(task=task.key, model_name=task.model_name, feature_service=task.feature_service,
                      entity_key=key, features=features, categories={c: [] for c in categorical},
-                     label_window_days=90)
-    task = BinaryTask(spec=spec, segment_column=segment, grading=grading, baseline_name="half the true logit",
-                      positive_noun="positives", negative_noun="negatives", min_positives=20,
-                      min_negatives=20, extra_params={"min_data_in_leaf": 20})
-    train_binary(task, frame, baseline=_sigmoid(z / 2), oracle=None)
+                     label_window_days=task.window_days, mode="subscription" if task_key == "churn" else None)
+    binary = BinaryTask(spec=spec, segment_column=segment, grading=task.grades, baseline_name="half the true logit",
+                        positive_noun="positives", negative_noun="negatives", min_positives=20,
+                        min_negatives=20, extra_params={"min_data_in_leaf": 20})
+    train_binary(binary, frame, baseline=_sigmoid(z / 2), oracle=None)
 
 
 def _label_logit(entity: str, frame: pd.DataFrame) -> np.ndarray:
@@ -91,9 +98,10 @@ def _label_logit(entity: str, frame: pd.DataFrame) -> np.ndarray:
 def build_world(home: Path) -> None:
     """Generate, build, apply, materialize and train into ``home`` (MLflow under home/mlflow)."""
     from crmdata.synth import WorldConfig, generate_world
-    from features.build import build_features, snapshot_grid
-    from features.store import apply_repository, feature_store, materialize_latest
-    from training.calibration import CHURN_BANDS, LEAD_GRADES
+    from features.build import build_features
+    from features.grid import snapshot_grid
+    from features.materialize import materialize_latest
+    from features.store import apply_repository, feature_store
     from training.nbp import train_nbp
 
     ws = Workspace(home)
@@ -103,8 +111,8 @@ def build_world(home: Path) -> None:
     store = feature_store(ws)
     apply_repository(store, ws.feature_tables)
     materialize_latest(store, ws.feature_tables)
-    _train(ws, "customer", "crm-churn", "churn_v1", "customer_id", CHURN_BANDS, "segment")
-    _train(ws, "lead", "crm-lead-scoring", "lead_scoring_v1", "lead_id", LEAD_GRADES, "source")
+    _train(ws, "churn", "segment")
+    _train(ws, "lead", "source")
     train_nbp(ws.lake)
 
 
@@ -132,13 +140,20 @@ def serving_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingW
                 os.environ["MLFLOW_TRACKING_URI"] = saved
     ws = Workspace(home)
     customers = pl.read_parquet(ws.lake / "customers.parquet")
-    online = pl.read_parquet(ws.feature_tables / "customer.parquet", columns=["customer_id", "event_timestamp"])
-    newest = online.filter(pl.col("event_timestamp") == online["event_timestamp"].max())["customer_id"]
-    leads = pl.read_parquet(ws.feature_tables / "lead.parquet", columns=["lead_id", "event_timestamp"])
-    newest_leads = leads.filter(pl.col("event_timestamp") == leads["event_timestamp"].max())["lead_id"]
+    online = pl.read_parquet(ws.feature_tables / "customer.parquet",
+                             columns=["customer_id", "event_timestamp", "subscription_active"])
+    newest = online.filter(pl.col("event_timestamp") == online["event_timestamp"].max()).sort("customer_id")
+    leads = pl.read_parquet(ws.feature_tables / "lead.parquet", columns=["lead_id", "event_timestamp", "lead_status"])
+    newest_leads = leads.filter(pl.col("event_timestamp") == leads["event_timestamp"].max()).sort("lead_id")
     pii = [v for c in ("name", "email", "phone") for v in customers[c].drop_nulls().to_list()]
+    active = pl.col("subscription_active") == 1
+    is_open = pl.col("lead_status") == "open"
+    closed = newest_leads.filter(~is_open)
     yield ServingWorld(ws=ws, tracking_uri=f"sqlite:///{home}/mlflow/mlflow.db",
-                       customer_ids=newest.sort().to_list(), lead_ids=newest_leads.sort().to_list(), pii=pii)
+                       customer_ids=newest.filter(active)["customer_id"].to_list(),
+                       lead_ids=newest_leads.filter(is_open)["lead_id"].to_list(),
+                       inactive_customer_ids=newest.filter(~active)["customer_id"].to_list(),
+                       closed_leads=dict(zip(closed["lead_id"], closed["lead_status"], strict=True)), pii=pii)
 
 
 def private_registry(world: ServingWorld, tmp: Path) -> str:

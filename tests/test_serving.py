@@ -80,9 +80,9 @@ def test_churn_risk_scores_known_ids_and_flags_unknown_ones(http: Http, serving_
         assert all(x["impact"] > 0 for x in up) and all(x["impact"] < 0 for x in down)
         assert [x["impact"] for x in up] == sorted((x["impact"] for x in up), reverse=True)
     missing = results[3]
-    assert missing == {"customer_id": "C-does-not-exist", "status": "not_found", "probability": None,
-                       "score": None, "reasons": None, "feature_age_seconds": None, "stale": True,
-                       "cold_start": False, "band": None}
+    assert missing == {"customer_id": "C-does-not-exist", "status": "not_found", "detail": None,
+                       "probability": None, "score": None, "reasons": None, "feature_age_seconds": None,
+                       "stale": True, "cold_start": False, "band": None}
     assert results[4] == results[0]  # a repeated id gets the same answer
 
     fast = http.post("/churn_risk", {"customer_ids": ids, "explain": False}).json()["results"]
@@ -119,6 +119,51 @@ def test_lead_score_by_id_and_for_a_brand_new_lead(http: Http, serving_world: Se
     assert {"activities_30d", "days_since_last_activity", "days_since_created"} <= set(fresh["defaulted"])
     assert not {"source", "country", "company_size", "company_size_rank", "job_seniority"} & set(fresh["defaulted"])
     assert nobody["status"] == "not_found" and nobody["grade"] is None
+
+
+def test_outside_the_population_is_not_eligible_with_the_reason(http: Http, serving_world: ServingWorld) -> None:
+    inactive = serving_world.inactive_customer_ids[:2]
+    assert inactive, "the serving world has customers without an active subscription"
+    active = serving_world.customer_ids[0]
+    results = http.post("/churn_risk", {"customer_ids": [*inactive, active]}).json()["results"]
+    for r in results[:2]:
+        assert r["status"] == "not_eligible" and r["detail"] == "no active subscription"
+        assert r["probability"] is None and r["score"] is None and r["band"] is None and r["reasons"] is None
+        assert r["stale"] is False and r["feature_age_seconds"] == 0.0
+    assert results[2]["status"] == "ok" and results[2]["detail"] is None
+
+    lead_id, status = next(iter(serving_world.closed_leads.items()))
+    closed, open_ = http.post("/lead_score", {"leads": [{"lead_id": lead_id},
+                                                        {"lead_id": serving_world.lead_ids[0]}]}).json()["results"]
+    assert closed["status"] == "not_eligible" and closed["grade"] is None and closed["probability"] is None
+    assert closed["detail"].startswith(f"lead closed: {status} on 20")
+    assert open_["status"] == "ok" and open_["grade"] in "ABCD"
+
+
+def test_serving_and_batch_scoring_draw_the_same_population(serving_world: ServingWorld, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stored entity is either in the population batch scoring scores at the snapshot, or
+    not_eligible at the service: the task registry's one rule, evaluated from the lake and from
+    the online row."""
+    from features.build import read_build_summary
+    from serving.predictor import Predictor, ServingSettings
+    from serving.schemas import ChurnRiskRequest, LeadInput, LeadScoreRequest
+    from training.tasks import CHURN, LEAD
+
+    _env(monkeypatch, serving_world, tmp_path / "k.json", CRMSCORE_SERVE_MODELS="churn,lead")
+    predictor = Predictor(ServingSettings.from_env())
+    as_of = max(read_build_summary(serving_world.ws.feature_tables).as_of)
+    customers = serving_world.customer_ids + serving_world.inactive_customer_ids
+    answers = predictor.churn_risk(ChurnRiskRequest(customer_ids=customers[:1000])).results
+    scored = {r.customer_id for r in answers if r.status == "ok"}
+    batch = set(CHURN.population.from_lake(serving_world.ws.lake, as_of, "subscription")["customer_id"])
+    assert scored == batch & set(customers[:1000]) and 0 < len(scored) < len(answers)
+
+    leads = serving_world.lead_ids + list(serving_world.closed_leads)
+    answers = predictor.lead_score(LeadScoreRequest(leads=[LeadInput(lead_id=i) for i in leads[:1000]])).results
+    scored = {r.lead_id for r in answers if r.status == "ok"}
+    batch = set(LEAD.population.from_lake(serving_world.ws.lake, as_of)["lead_id"])
+    assert scored == batch & set(leads[:1000]) and 0 < len(scored) < len(answers)
 
 
 def test_an_unknown_custom_attribute_is_a_400_with_the_reason(http: Http) -> None:
@@ -215,9 +260,9 @@ def test_reader_returns_what_feast_returns(serving_world: ServingWorld) -> None:
     assert rows.found == [True] * 40 + [False, True]
     assert rows.stale == expected.stale
     assert rows.age_seconds == pytest.approx(expected.max_age_seconds)
-    assert set(rows.values) == set(expected.features.columns) - {"customer_id"}
+    assert set(rows.values) == set(expected.columns) - {"customer_id"}
     for feature, values in rows.values.items():
-        for got, want in zip(values, expected.features[feature].tolist(), strict=True):
+        for got, want in zip(values, list(expected.columns[feature]), strict=True):
             assert (pd.isna(got) and pd.isna(want)) or got == pytest.approx(want), feature
 
 

@@ -80,7 +80,8 @@ def test_redis_profile_answers_like_sqlite_and_recovers_from_an_outage(
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    from features.store import Profile, StoreSettings, config_dict, materialize_latest
+    from features.materialize import materialize_latest
+    from features.store import Profile, StoreSettings, config_dict
     from serving.predictor import Predictor, ServingSettings, Unavailable
     from serving.schemas import ChurnRiskRequest
     from training.registry import configure_mlflow
@@ -127,7 +128,8 @@ def test_a_redis_that_stops_answering_is_a_503_in_seconds_not_a_hang(
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    from features.store import Profile, StoreSettings, config_dict, materialize_latest
+    from features.materialize import materialize_latest
+    from features.store import Profile, StoreSettings, config_dict
     from serving.predictor import Predictor, ServingSettings, Unavailable
     from serving.schemas import ChurnRiskRequest
     from training.registry import configure_mlflow
