@@ -1,11 +1,10 @@
 """Scoring on the request path: feature values -> booster input -> probability, score, grade, reasons.
 
 ``training.model.ScoringModel`` owns the model (booster, calibrator, grading,
-spec); this module only feeds it faster. ``prepare_features`` builds a pandas
-frame column by column (tens of milliseconds for one row), so ``Encoder``
-builds the same float matrix with plain Python and numpy — the tests hold it
-to ``prepare_features`` value for value, and ``reasons`` to
-``ScoringModel.reasons``.
+spec); this module feeds it the online store's columns straight, without a
+pandas frame: the matrix comes from the model's own ``Encoder`` (the one
+training and batch scoring use) and the reasons from the same rule
+(``reason_lists``), so the service answers exactly what the model would.
 """
 
 from __future__ import annotations
@@ -19,65 +18,8 @@ from typing import Any
 import numpy as np
 
 from training.calibration import score_1_99
-from training.model import ModelSpec, Reason, ScoringModel
-
-NAN = float("nan")
-
-
-class Encoder:
-    """Feature values -> the booster's float matrix, exactly as ``prepare_features``.
-
-    Categoricals become their code in the spec's category list (unseen or
-    missing -> NaN); numbers become floats (missing or non-numeric -> NaN).
-    """
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.features = list(spec.features)
-        self.codes: dict[str, dict[str, float]] = {
-            col: {c: float(i) for i, c in enumerate(cats)} for col, cats in spec.categories.items()
-        }
-
-    def matrix(self, values: Mapping[str, Sequence[Any]], n: int) -> np.ndarray:
-        x = np.full((n, len(self.features)), NAN)
-        numeric: list[int] = []
-        for j, col in enumerate(self.features):
-            column = values.get(col)
-            if column is None:
-                continue  # not given: missing
-            codes = self.codes.get(col)
-            if codes is None:
-                numeric.append(j)
-            else:
-                x[:, j] = [NAN if _missing(v) else codes.get(str(v), NAN) for v in column]
-        if not numeric:
-            return x
-        # All numeric columns in one C-level cast (one numpy call per column cost more than
-        # the model for a single row): numbers, bools, numeric strings and None (-> NaN)
-        # convert exactly as float() and _number do.
-        block = np.empty((len(numeric), n), dtype=object)
-        try:
-            for row, j in enumerate(numeric):
-                block[row] = values[self.features[j]]
-            x[:, numeric] = block.astype(np.float64).T
-        except (TypeError, ValueError):  # a non-numeric value somewhere: NaN for it alone
-            for j in numeric:
-                x[:, j] = [_number(v) for v in values[self.features[j]]]
-        return x
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _number(v: Any) -> float:
-    if v is None:
-        return NAN
-    if isinstance(v, bool | int | float):
-        return float(v)
-    try:
-        return float(v)  # numeric strings, as pd.to_numeric(errors="coerce") reads them
-    except (TypeError, ValueError):
-        return NAN
+from training.encoding import Encoder
+from training.model import ModelSpec, Reason, ScoringModel, reason_lists
 
 
 def plain(value: Any) -> Any:
@@ -108,7 +50,7 @@ class BinaryScorer:
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
-        self.encoder = Encoder(self.model.spec)
+        self.encoder = self.model.encoder
 
     @property
     def spec(self) -> ModelSpec:
@@ -122,8 +64,8 @@ class BinaryScorer:
         return Scored(p, score_1_99(p), self.model.grading.assign(p), reasons)
 
     def reasons(self, x: np.ndarray, values: Mapping[str, Sequence[Any]], top: int) -> list[dict[str, list[Reason]]]:
-        """The ``top`` features pushing each row up and down (exact TreeSHAP, log-odds), as
-        ``ScoringModel.reasons`` computes them."""
+        """The ``top`` features pushing each row up and down (exact TreeSHAP, log-odds), by
+        the rule ``ScoringModel.reasons`` uses."""
         contrib = np.asarray(self.model.booster.predict(x, pred_contrib=True, num_threads=1))[:, :-1]
         names = self.encoder.features
         as_python: dict[int, list[Any]] = {}  # feature index -> its values as Python objects
@@ -136,11 +78,4 @@ class BinaryScorer:
                                          else raw.tolist() if isinstance(raw, np.ndarray) else list(raw))
             return plain(column[i])
 
-        out = []
-        for i, row in enumerate(contrib):
-            order = np.argsort(row)
-            up = [j for j in order[::-1][:top] if row[j] > 0]
-            down = [j for j in order[:top] if row[j] < 0]
-            out.append({"up": [Reason(names[j], value(j, i), float(row[j])) for j in up],
-                        "down": [Reason(names[j], value(j, i), float(row[j])) for j in down]})
-        return out
+        return reason_lists(contrib, names, value, top)

@@ -1,5 +1,5 @@
 """Serving code tests that need no trained world: keys, the HTTP guard, schemas,
-new-lead features, the encoder and the champion swap."""
+new-lead features and the champion swap (the encoder: tests/test_encoding.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 from pydantic import ValidationError
 
@@ -28,8 +26,6 @@ from serving.auth import (
 from serving.champions import Champions, Loaded, Slot
 from serving.predictor import BadRequest, new_lead_features
 from serving.schemas import ChurnRiskRequest, LeadScoreRequest, NewLead, NextBestProductsRequest
-from serving.scoring import Encoder
-from training.model import ModelSpec, prepare_features
 
 # --- keys -------------------------------------------------------------------------------
 
@@ -216,30 +212,6 @@ def test_new_lead_features_say_what_was_defaulted() -> None:
 def test_an_unknown_custom_attribute_is_a_bad_request() -> None:
     with pytest.raises(BadRequest, match=r"leads\[4\].*no custom attribute 'colour' \(it knows: score\)"):
         new_lead_features(NewLead(custom={"colour": "red"}), LEAD_FEATURES, datetime.now(UTC), index=4)
-
-
-# --- the encoder matches prepare_features ---------------------------------------------------
-
-
-def test_encoder_builds_exactly_the_matrix_prepare_features_builds() -> None:
-    spec = ModelSpec(task="churn", model_name="m", feature_service="s", entity_key="customer_id",
-                     features=["seg", "n", "x", "flag", "s_num"], categories={"seg": ["a", "b"], "flag": ["1", "x"]},
-                     label_window_days=90)
-    values = {
-        "seg": ["a", "b", None, "zzz", float("nan")],
-        "n": [1, None, 3, 0, -2],
-        "x": [0.5, float("nan"), None, 1e300, -0.0],
-        "flag": ["x", "1", None, "2", "x"],
-        "s_num": ["3", "abc", None, 2.5, True],
-    }
-    expected = prepare_features(pd.DataFrame(values), spec).to_numpy()
-    got = Encoder(spec).matrix(values, 5)
-    np.testing.assert_array_equal(got, expected)
-    # As the online reader gives them (object arrays), all numeric values castable at once,
-    # and a feature the store did not serve (missing: NaN).
-    as_read = {k: np.array(v, dtype=object) for k, v in values.items() if k != "s_num"}
-    expected = prepare_features(pd.DataFrame({**as_read, "s_num": [None] * 5}), spec).to_numpy()
-    np.testing.assert_array_equal(Encoder(spec).matrix(as_read, 5), expected)
 
 
 # --- the champion swap ------------------------------------------------------------------------

@@ -8,7 +8,9 @@ LightGBM's native text format and the rest as plain JSON — nothing is unpickle
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +24,7 @@ from pydantic import BaseModel
 
 from crmdata.errors import CrmscoreError
 from training.calibration import Calibrator, Grading, score_1_99
+from training.encoding import Encoder, top_reasons
 from training.registry import CHAMPION
 
 log = logging.getLogger(__name__)
@@ -46,26 +49,13 @@ class ModelSpec(BaseModel):
 
 
 def prepare_features(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The booster's input: the spec's features in order, all numeric.
+    """The booster's input as a frame: the spec's features in order, all numeric.
 
-    Categoricals are encoded with the category list stored in the spec (fitted on
-    the training rows), so serving and batch scoring map a value to the same code
-    the trees split on; a value never seen in training becomes missing (NaN).
+    A frame (not the bare matrix) because training hands LightGBM the column names,
+    and the categoricals by name. The encoding itself is ``Encoder``'s, the one the
+    service and batch scoring use.
     """
-    missing = [f for f in spec.features if f not in frame.columns]
-    if missing:
-        raise CrmscoreError(
-            f"{spec.model_name}: input lacks {len(missing)} features of {spec.feature_service}: "
-            + ", ".join(missing[:10])
-        )
-    x = pd.DataFrame(index=frame.index)
-    for col in spec.features:
-        if col in spec.categories:
-            codes = pd.Categorical(frame[col].astype("string"), categories=spec.categories[col]).codes
-            x[col] = np.where(codes < 0, np.nan, codes).astype("float64")
-        else:
-            x[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-    return x
+    return pd.DataFrame(Encoder.of(spec).frame(frame), index=frame.index, columns=spec.features)
 
 
 def fit_categories(frame: pd.DataFrame, columns: list[str]) -> dict[str, list[str]]:
@@ -78,6 +68,17 @@ class Reason:
     feature: str
     value: object
     impact: float
+
+
+def reason_lists(contrib: np.ndarray, features: list[str], value: Callable[[int, int], object],
+                 top: int) -> list[dict[str, list[Reason]]]:
+    """``{"up": [...], "down": [...]}`` per row, as ``top_reasons`` picks them;
+    ``value(j, i)`` is feature j's value in row i, as the caller wants it shown."""
+    return [
+        {"up": [Reason(features[j], value(j, i), float(contrib[i, j])) for j in up],
+         "down": [Reason(features[j], value(j, i), float(contrib[i, j])) for j in down]}
+        for i, (up, down) in enumerate(top_reasons(contrib, top).rows())
+    ]
 
 
 @dataclass
@@ -93,12 +94,16 @@ class ScoringModel:
     grading: Grading
     spec: ModelSpec
 
-    def raw_scores(self, x: pd.DataFrame) -> np.ndarray:
+    @cached_property
+    def encoder(self) -> Encoder:
+        return Encoder.of(self.spec)
+
+    def raw_scores(self, x: np.ndarray | pd.DataFrame) -> np.ndarray:
         return np.asarray(self.booster.predict(x, num_threads=1), dtype=float)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated probabilities for rows of a feature frame."""
-        return self.calibrator.apply(self.raw_scores(prepare_features(frame, self.spec)))
+        return self.calibrator.apply(self.raw_scores(self.encoder.frame(frame)))
 
     def score(self, frame: pd.DataFrame) -> pd.DataFrame:
         """probability, score 1–99 and grade/band for each row."""
@@ -113,19 +118,10 @@ class ScoringModel:
         LightGBM's ``pred_contrib`` gives per-feature contributions that sum, with
         the bias term, to the raw margin; it is exact for trees, so no sampling.
         """
-        x = prepare_features(frame, self.spec)
+        x = self.encoder.frame(frame)
         contrib = np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=1))[:, :-1]
-        out = []
         values = frame[self.spec.features].to_numpy(dtype=object)
-        for i in range(len(x)):
-            order = np.argsort(contrib[i])
-            up = [j for j in order[::-1][:top] if contrib[i, j] > 0]
-            down = [j for j in order[:top] if contrib[i, j] < 0]
-            out.append({
-                "up": [Reason(self.spec.features[j], _plain(values[i, j]), float(contrib[i, j])) for j in up],
-                "down": [Reason(self.spec.features[j], _plain(values[i, j]), float(contrib[i, j])) for j in down],
-            })
-        return out
+        return reason_lists(contrib, self.spec.features, lambda j, i: _plain(values[i, j]), top)
 
 
 def _plain(value: object) -> object:
