@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import lightgbm as lgb
 import mlflow
@@ -37,7 +36,8 @@ BOOSTER_FILE = "model.lgb"
 class ModelSpec(BaseModel):
     """What a booster needs from the outside world to score a row."""
 
-    task: Literal["churn", "lead"]
+    #: the key of its task in training/tasks.py
+    task: str
     model_name: str
     feature_service: str
     entity_key: str
