@@ -261,7 +261,6 @@ TABLES: dict[str, Table] = {
     for t in (CUSTOMERS, PRODUCTS, ORDERS, SUBSCRIPTIONS, INTERACTIONS, LEADS, LEAD_ACTIVITIES)
 }
 REQUIRED_TABLES: tuple[str, ...] = tuple(n for n, t in TABLES.items() if t.required)
-OPTIONAL_TABLES: tuple[str, ...] = tuple(n for n, t in TABLES.items() if not t.required)
 
 
 def table(name: str) -> Table:

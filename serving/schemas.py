@@ -210,6 +210,3 @@ class ReloadResponse(_Response):
     changed: list[str] = Field(description="models whose champion was swapped in by this call")
     models: list[LoadedModel]
 
-
-class ErrorResponse(_Response):
-    error: str

@@ -7,8 +7,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from crmdata.synth.config import WEEK_S
-
 
 def stream(seed: int, name: str) -> np.random.Generator:
     """An independent generator for one component of the world.
@@ -52,11 +50,6 @@ def thinned_events(
     idx = rng.integers(0, n, k, dtype=np.int32)
     keep = rng.random(k) * cap < rate_at(idx)
     return idx[keep]
-
-
-def times_in_week(rng: np.random.Generator, week: int, size: int) -> np.ndarray:
-    """Uniform event times (seconds since the origin) within one week, as int64."""
-    return week * WEEK_S + rng.integers(0, WEEK_S, size, dtype=np.int64)
 
 
 def growing_times(rng: np.random.Generator, size: int, span_s: int, growth: float) -> np.ndarray:
