@@ -46,6 +46,7 @@ from bench.common import machine, write_section
 from features.catalog import FEATURES
 from training.encoding import Encoder
 from training.model import ModelSpec, prepare_features
+from training.tasks import CHURN
 
 log = logging.getLogger("bench_encoder")
 GOAL_US = 100.0  # one row, on the request path
@@ -69,7 +70,7 @@ def old_prepare_features(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 def churn_spec() -> ModelSpec:
     features = FEATURES["customer"]
     categories = {f.name: [f"{f.name}_{i}" for i in range(4)] for f in features if f.kind == "str"}
-    return ModelSpec(task="churn", model_name="crm-churn", feature_service="churn_v1", entity_key="customer_id",
+    return ModelSpec(task=CHURN.key, model_name=CHURN.model_name, feature_service=CHURN.feature_service, entity_key="customer_id",
                      features=[f.name for f in features], categories=categories, label_window_days=90)
 
 

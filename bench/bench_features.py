@@ -41,7 +41,7 @@ import polars as pl
 
 from crmdata.workspace import Workspace
 from features.build import BUILD_SUMMARY, BuildSummary, build_features, write_feature_table
-from features.catalog import EVENT_TIMESTAMP, FEATURES, table_file
+from features.catalog import CHURN_SERVICE, EVENT_TIMESTAMP, FEATURES, table_file
 from features.grid import snapshot_grid
 from features.materialize import materialize_latest
 from features.online import read_online
@@ -116,7 +116,7 @@ def bench_training(ws: Workspace, rows: int = 200_000) -> dict:
     table = pl.read_parquet(ws.feature_tables / table_file("customer"), columns=["customer_id", EVENT_TIMESTAMP])
     labels = table.sample(n=min(rows, table.height), seed=1, with_replacement=rows > table.height)
     labels = labels.with_columns(pl.lit(0).alias("label"))
-    frame, seconds = timed(training_frame, store, "churn_v1", labels)
+    frame, seconds = timed(training_frame, store, CHURN_SERVICE, labels)
     return {"rows": len(frame), "features": frame.shape[1] - 3, "seconds": seconds}
 
 
@@ -187,11 +187,11 @@ def bench_sqlite(ws: Workspace, customers: int, *, fast: bool = True, reads: boo
             ).fetchall()
             raw.append(time.perf_counter() - t)
             t = time.perf_counter()
-            read_online(store, "churn_v1", ids[:n])
+            read_online(store, CHURN_SERVICE, ids[:n])
             fast_.append(time.perf_counter() - t)
         for _ in range(loops // 10):
             t = time.perf_counter()
-            read_online(store, "churn_v1", ids[:n], fast=False)
+            read_online(store, CHURN_SERVICE, ids[:n], fast=False)
             sdk.append(time.perf_counter() - t)
         result["reads"][n] = {"raw": percentiles(raw), "fast": percentiles(fast_), "sdk": percentiles(sdk)}
     conn.close()
@@ -259,11 +259,11 @@ def bench_redis(ws: Workspace, customers: int, *, fast: bool = True, reads: bool
                 pipe.execute()
                 raw.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                read_online(store, "churn_v1", ids[:n])
+                read_online(store, CHURN_SERVICE, ids[:n])
                 fast_.append(time.perf_counter() - t)
             for _ in range(loops // 10):
                 t = time.perf_counter()
-                read_online(store, "churn_v1", ids[:n], fast=False)
+                read_online(store, CHURN_SERVICE, ids[:n], fast=False)
                 sdk.append(time.perf_counter() - t)
             result["reads"][n] = {"raw": percentiles(raw), "fast": percentiles(fast_), "sdk": percentiles(sdk)}
         return result

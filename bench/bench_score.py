@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, median, write_section
 from crmdata.workspace import Workspace
+from training.tasks import CHURN
 
 log = logging.getLogger("bench_score")
 
@@ -88,7 +89,8 @@ def synthetic_table(ws: Workspace, plan: Any, rows: int, as_of: Any, out: Path) 
 
 
 def run(ws: Workspace, model: Any, plan: Any, pop: pl.DataFrame, as_of: Any, **options: Any) -> Any:
-    from pipelines.scoring.job import ScoreOptions, score_binary
+    from pipelines.scoring.job import score_binary
+    from pipelines.scoring.types import ScoreOptions
 
     return score_binary(ws, "churn", model, as_of, ScoreOptions(drift=False, **options), entities=pop, plan=plan)
 
@@ -111,9 +113,9 @@ def bench_scoring(args: argparse.Namespace) -> str:
     from training.model import load_model
 
     ws = trained_world(args.home)
-    model = load_model("crm-churn")
+    model = load_model(CHURN.model_name)
     as_of = default_as_of(ws)
-    real_plan = resolve_service(feature_store(ws), "churn_v1")
+    real_plan = resolve_service(feature_store(ws), CHURN.feature_service)
     path = args.home / "bench-features" / f"customer-{args.rows}.parquet"
     pop = synthetic_table(ws, real_plan, args.rows, as_of, path)
     plan = dataclasses.replace(real_plan, views=(dataclasses.replace(real_plan.views[0], path=str(path)),))
@@ -155,7 +157,7 @@ def bench_scoring(args: argparse.Namespace) -> str:
 
     spark_line = "| Spark `local[2]`, `--reasons none` | skipped (`--skip-spark`) | | |"
     if not args.skip_spark:
-        from pipelines.spark_engine import spark_session
+        from pipelines.scoring.spark import spark_session
 
         started = time.perf_counter()
         session = spark_session("local[2]", app_name="crmscore-bench")

@@ -7,9 +7,9 @@ the usual "significant shift" line (0.1–0.2: moderate, below 0.1: stable).
 **The reference.** The trainer stores neither its rows nor a histogram, and this
 job may not change the trainer. What it does store is enough to rebuild the rows
 the champion was judged on: the run's ``holdout_cutoff`` param. The holdout is
-the population at risk at that cutoff (``features.labels`` — the same population
-functions scoring uses) with the features Feast joined as of it, i.e. the newest
-snapshot within the TTL. So the reference is that population read through the
+the population at risk at that cutoff (the task's population rule in
+``training.tasks``, which scoring uses too) with the features Feast joined as
+of it, i.e. the newest snapshot within the TTL. So the reference is that population read through the
 same service as of ``holdout_cutoff``, scored by the champion itself. It is the
 newest data the model was evaluated (and its grade thresholds calibrated) on,
 which makes "the base today looks different from what the model was validated
@@ -33,7 +33,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import polars as pl
+from mlflow.entities import Metric, Param, RunTag
 from pydantic import BaseModel, Field
+
+from training.registry import configure_mlflow, ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +78,6 @@ def psi_numeric(reference: np.ndarray, current: np.ndarray, bins: int = BINS) ->
 
 def psi_categorical(reference: Sequence[Any], current: Sequence[Any]) -> float:
     """PSI over the union of categories; None (and NaN) is a category of its own."""
-    import polars as pl
-
     def shares(values: Sequence[Any]) -> dict[str, float]:
         series = values if isinstance(values, pl.Series) else pl.Series(list(values), dtype=pl.Object)
         if series.dtype == pl.Object:
@@ -172,10 +174,6 @@ _METRIC_SAFE = re.compile(r"[^0-9A-Za-z_\-. /]")
 
 def log_to_mlflow(report: DriftReport, manifest: dict[str, Any]) -> str | None:
     """One MLflow run per scoring run: PSI metrics, the report and the run manifest."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    from training.registry import configure_mlflow, ensure_experiment
-
     client = configure_mlflow()
     experiment_id = ensure_experiment(client, EXPERIMENT)
     run = client.create_run(experiment_id, run_name=f"{report.task} {report.as_of:%Y-%m-%d}",

@@ -11,17 +11,31 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from crmdata.errors import CrmscoreError
+from crmdata.importer import import_lake
+from crmdata.lake import atomic_dir, scan_table
+from crmdata.synth import WorldConfig, generate_world
+from crmdata.validate import validate_lake
 from crmdata.workspace import Workspace
+from features.build import build_features
+from features.grid import snapshot_grid
+from features.materialize import materialize_latest
+from features.store import apply_repository, feature_store
+from pipelines.scoring.job import score_all
+from pipelines.scoring.publish import publish_all
+from pipelines.scoring.table import partitions
+from pipelines.scoring.types import ScoreOptions, Skipped
+from pipelines.train import train_task
+from training.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +82,13 @@ StepFn = Callable[[Context], str]
 def _lake(ctx: Context) -> str:
     src = ctx.source
     if src.world_customers:
-        from crmdata.synth import WorldConfig, generate_world
-
         generate_world(WorldConfig(customers=src.world_customers, leads=src.world_customers // 2, seed=src.seed),
                        ctx.ws.lake)
         return src.describe()
     if src.mapping:
-        from crmdata.importer import import_lake
-
         import_lake(src.mapping, ctx.ws.lake)
         return src.describe()
     if src.lake:
-        import shutil
-
-        from crmdata.lake import atomic_dir
-
         if not src.lake.is_dir():
             raise CrmscoreError(f"--lake {src.lake}: no such directory")
         if src.lake.resolve() != ctx.ws.lake.resolve():
@@ -93,8 +99,6 @@ def _lake(ctx: Context) -> str:
 
 
 def _validate(ctx: Context) -> str:
-    from crmdata.validate import validate_lake
-
     problems = validate_lake(ctx.ws.lake)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
@@ -104,55 +108,33 @@ def _validate(ctx: Context) -> str:
 
 
 def _features(ctx: Context) -> str:
-    from features.build import build_features, snapshot_grid
-
     summary = build_features(ctx.ws.lake, ctx.ws.feature_tables, snapshot_grid(ctx.ws.lake))
     return f"{len(summary.as_of)} snapshots, " + ", ".join(
         f"{name} {e.rows:,} rows" for name, e in summary.entities.items())
 
 
 def _apply(ctx: Context) -> str:
-    from features.store import apply_repository, feature_store
-
     summary = apply_repository(feature_store(ctx.ws, ctx.profile), ctx.ws.feature_tables, ctx.profile)
     return f"{len(summary.feature_views)} views, {len(summary.feature_services)} services"
 
 
 def _materialize(ctx: Context) -> str:
-    from features.store import feature_store, materialize_latest
-
     summary = materialize_latest(feature_store(ctx.ws, ctx.profile), ctx.ws.feature_tables)
     return f"snapshot {summary.snapshot:%Y-%m-%d}, " + ", ".join(f"{k} {v:,}" for k, v in summary.rows.items())
 
 
-def _trained(result: Any) -> str:
-    return f"{result.model} v{result.version} ({result.alias}): {result.reason}"
+def _train_step(task: Task) -> StepFn:
+    def step(ctx: Context) -> str:
+        missing = [t for t in task.needs if scan_table(ctx.ws.lake, t) is None]
+        if missing:
+            return f"not applicable: the lake has no {', '.join(missing)}"
+        result = train_task(ctx.ws, task, profile=ctx.profile)
+        return f"{result.model} v{result.version} ({result.alias}): {result.reason}"
 
-
-def _train_churn(ctx: Context) -> str:
-    from training.churn import train_churn
-
-    return _trained(train_churn(ctx.ws, profile=ctx.profile))
-
-
-def _train_lead(ctx: Context) -> str:
-    from crmdata.lake import read_table
-    from training.lead import train_lead
-
-    if read_table(ctx.ws.lake, "leads", ["lead_id"]) is None:
-        return "not applicable: the lake has no leads"
-    return _trained(train_lead(ctx.ws, profile=ctx.profile))
-
-
-def _train_nbp(ctx: Context) -> str:
-    from training.nbp import train_nbp
-
-    return _trained(train_nbp(ctx.ws.lake))
+    return step
 
 
 def _score_all(ctx: Context) -> str:
-    from pipelines.scoring.job import ScoreOptions, Skipped, score_all
-
     runs = score_all(ctx.ws, options=ScoreOptions(profile=ctx.profile))
     return "; ".join(
         f"{r.task} not applicable: {r.reason}" if isinstance(r, Skipped)
@@ -161,10 +143,7 @@ def _score_all(ctx: Context) -> str:
 
 
 def _push_scores(ctx: Context) -> str:
-    from pipelines.scoring.publish import publish_all
-    from pipelines.scoring.table import partitions
-
-    tasks = [t for t in ("churn", "lead", "nbp") if partitions(ctx.ws.scores, t)]
+    tasks = [t for t in TASKS if partitions(ctx.ws.scores, t)]
     if not tasks:
         return "not applicable: nothing was scored"
     done = publish_all(ctx.ws, tasks, online=True, profile=ctx.profile)
@@ -177,9 +156,7 @@ STEPS: tuple[tuple[str, StepFn], ...] = (
     ("features", _features),
     ("apply", _apply),
     ("materialize", _materialize),
-    ("train churn", _train_churn),
-    ("train lead", _train_lead),
-    ("train nbp", _train_nbp),
+    *((f"train {task.key}", _train_step(task)) for task in TASKS.values()),
     ("score all", _score_all),
     ("push scores", _push_scores),
 )

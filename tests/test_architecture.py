@@ -24,10 +24,24 @@ def _modules() -> Iterator[tuple[str, Path]]:
             yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
 
 
-def _imports(module: str, path: Path) -> Iterator[tuple[str, int]]:
-    """First-party modules imported anywhere in ``path`` (top level or inside functions)."""
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Ids of the import nodes under ``if TYPE_CHECKING:`` (annotations, never run)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def _imports(module: str, path: Path, *, runtime_only: bool = False) -> Iterator[tuple[str, int]]:
+    """First-party modules imported anywhere in ``path`` (top level or inside functions);
+    ``runtime_only`` leaves out those imported only for type checking."""
     is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    skip = _type_checking_only(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -68,7 +82,7 @@ def test_no_import_circles() -> None:
     known = set(modules)
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
-        targets = {_resolve(name, known) for name, _ in _imports(module, path)}
+        targets = {_resolve(name, known) for name, _ in _imports(module, path, runtime_only=True)}
         # A package's __init__ re-exporting its submodules is not a circle with them.
         graph[module] = {t for t in targets if t and t != module and not module.startswith(t + ".")}
     circles: list[list[str]] = []
@@ -105,3 +119,13 @@ def _names() -> list[str]:
 def test_each_model_and_feature_service_is_named_in_one_module(name: str) -> None:
     holders = [str(path.relative_to(ROOT)) for _, path in _modules() if name in _string_literals(path)]
     assert len(holders) == 1, f"{name!r} is written in {holders}; name it once and import it"
+
+
+def test_score_tables_follow_the_task_registry() -> None:
+    """The Feast score views (features/, below the registry) key each task's scores by the
+    task's entity and name its grade as the task does."""
+    from features.catalog import SCORE_ENTITIES, SCORE_GRADE_COLUMN
+    from training.tasks import TASKS
+
+    assert SCORE_ENTITIES == {key: task.entity for key, task in TASKS.items()}
+    assert SCORE_GRADE_COLUMN == {key: task.grade_column for key, task in TASKS.items() if task.grade_column}

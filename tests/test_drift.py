@@ -105,7 +105,8 @@ def test_a_scoring_run_logs_its_drift_report_to_mlflow(ws: Workspace) -> None:
     from mlflow import MlflowClient
 
     from pipelines.drift import EXPERIMENT
-    from pipelines.scoring.job import ScoreOptions, score
+    from pipelines.scoring.job import score
+    from pipelines.scoring.types import ScoreOptions
 
     run = score(ws, "churn", options=ScoreOptions(reasons="none"))
     assert run.drift is not None and run.drift["mlflow_run_id"]

@@ -140,7 +140,8 @@ def test_the_predictor_is_the_scoring_model(ws: Workspace) -> None:
 
 
 def test_reasons_all_top_none(ws: Workspace) -> None:
-    from pipelines.scoring.job import ScoreOptions, score
+    from pipelines.scoring.job import score
+    from pipelines.scoring.types import ScoreOptions
 
     top = score(ws, "lead", options=ScoreOptions(reasons="top", drift=False))
     table = _table(Path(top.output))
@@ -152,7 +153,8 @@ def test_reasons_all_top_none(ws: Workspace) -> None:
 
 
 def test_a_rerun_replaces_the_date_and_never_duplicates(ws: Workspace) -> None:
-    from pipelines.scoring.job import ScoreOptions, score
+    from pipelines.scoring.job import score
+    from pipelines.scoring.types import ScoreOptions
 
     options = ScoreOptions(drift=False, chunk_rows=200, threads=2)
     first = score(ws, "lead", options=options)
@@ -165,9 +167,10 @@ def test_a_rerun_replaces_the_date_and_never_duplicates(ws: Workspace) -> None:
 
 
 def test_a_missing_entity_fails_loudly_and_publishes_nothing(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.scoring.job import ScoreOptions, score
+    from pipelines.scoring.job import score
     from pipelines.scoring.predict import BinaryPredictor
     from pipelines.scoring.table import ReconciliationError
+    from pipelines.scoring.types import ScoreOptions
 
     good = score(ws, "lead", options=ScoreOptions(drift=False, reasons="none"))
     before = _listing(Path(good.output))
@@ -190,7 +193,8 @@ def test_a_missing_entity_fails_loudly_and_publishes_nothing(ws: Workspace, monk
 def test_a_crash_mid_job_leaves_the_previous_output_intact(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow.parquet as pq
 
-    from pipelines.scoring.job import ScoreOptions, score
+    from pipelines.scoring.job import score
+    from pipelines.scoring.types import ScoreOptions
 
     good = score(ws, "lead", options=ScoreOptions(drift=False, reasons="none"))
     before = _listing(Path(good.output))
@@ -226,7 +230,8 @@ def test_population_is_the_training_population(ws: Workspace) -> None:
 
 def test_next_best_products_for_every_customer(ws: Workspace) -> None:
     from pipelines.scoring.inputs import default_as_of, population
-    from pipelines.scoring.job import ScoreOptions, score
+    from pipelines.scoring.job import score
+    from pipelines.scoring.types import ScoreOptions
 
     run = score(ws, "nbp", options=ScoreOptions(top_products=5))
     table = _table(Path(run.output))
@@ -239,9 +244,11 @@ def test_next_best_products_for_every_customer(ws: Workspace) -> None:
 
 
 def test_pushed_scores_are_read_from_the_online_store(ws: Workspace) -> None:
+    from features.catalog import SCORE_VIEW_NAMES
     from features.store import feature_store
-    from pipelines.scoring.job import ScoreOptions, score
-    from pipelines.scoring.publish import push_online, read_online_scores
+    from pipelines.scoring.job import score
+    from pipelines.scoring.publish import push_online
+    from pipelines.scoring.types import ScoreOptions
 
     store = feature_store(ws)
     for task, key, column in (("churn", "customer_id", "probability"), ("nbp", "customer_id", "product_ids")):
@@ -250,7 +257,10 @@ def test_pushed_scores_are_read_from_the_online_store(ws: Workspace) -> None:
         pushed = push_online(ws, task, store=store)
         assert pushed.rows == run.rows
         ids = table.index[:25].tolist()
-        online = read_online_scores(store, task, [*ids, "nobody"]).set_index(key)
+        # What an app does: the score view's features by entity key, through Feast.
+        view = store.get_feature_view(SCORE_VIEW_NAMES[task])
+        online = store.get_online_features(features=[f"{view.name}:{f.name}" for f in view.features],
+                                           entity_rows=[{key: i} for i in [*ids, "nobody"]]).to_df().set_index(key)
         assert pd.isna(online.loc["nobody", "model_version"])
         for i in ids:
             got, want = online.loc[i, column], table.loc[i, column]
@@ -267,8 +277,9 @@ def test_scores_into_postgresql(ws: Workspace) -> None:
     import uuid
 
     psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
-    from pipelines.scoring.job import ScoreOptions, score
+    from pipelines.scoring.job import score
     from pipelines.scoring.publish import write_postgres
+    from pipelines.scoring.types import ScoreOptions
 
     url = "postgresql://postgres@127.0.0.1:5432/test"
     try:
@@ -297,10 +308,12 @@ def test_scores_into_postgresql(ws: Workspace) -> None:
 
 
 def test_score_all_skips_what_has_no_champion(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.cli import app
-    from pipelines.scoring import job
+    import dataclasses
 
-    monkeypatch.setitem(job.MODEL_NAMES, "nbp", "crm-no-such-model")
+    from pipelines.cli import app
+    from training.tasks import TASKS
+
+    monkeypatch.setitem(TASKS, "nbp", dataclasses.replace(TASKS["nbp"], model_name="crm-no-such-model"))
     result = CliRunner().invoke(app, ["score", "all", "--reasons", "none", "--no-drift", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout[result.stdout.index("{"):])

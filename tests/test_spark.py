@@ -48,8 +48,9 @@ def test_the_spark_engine_matches_the_local_engine(ws: Workspace) -> None:
         read_features_as_of,
         resolve_service,
     )
-    from pipelines.scoring.job import ScoreOptions, score
-    from pipelines.spark_engine import features_as_of, spark_session
+    from pipelines.scoring.job import score
+    from pipelines.scoring.spark import features_as_of, spark_session
+    from pipelines.scoring.types import ScoreOptions
 
     spark = spark_session("local[2]", app_name="crmscore-tests")
     try:

@@ -1,11 +1,14 @@
 """Batch scoring: every active customer and open lead, with the champion, into score tables.
 
-- ``job``: ``score`` / ``score_all`` (the local engine lives there; Spark in
-  ``pipelines.spark_engine``), reconciliation, manifests, drift;
+Lowest first (each module imports only those above it):
+
+- ``table``: the partitioned score tables, their atomic replacement, manifests;
+- ``types``: what the parts hand each other (options, progress, an engine's result);
 - ``predict``: the chunk predictor both engines run;
 - ``inputs``: population and point-in-time features as of a date;
-- ``table``: the partitioned score tables and their atomic replacement;
+- ``local`` and ``spark``: the two engines of a binary model;
 - ``nbp``: next-best-product lists for every customer;
+- ``job``: ``score`` / ``score_all``: resolve, run an engine, reconcile, drift, manifest;
 - ``publish``: pushing a run into the Feast online store and PostgreSQL.
 
 Nothing heavy is imported here; import the submodules.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +23,8 @@ from crmdata.errors import CrmscoreError
 from crmdata.times import as_utc
 from crmdata.workspace import Workspace
 from features.build import read_build_summary
-from features.catalog import JOIN_KEYS
-from pipelines.scoring.predict import FEATURE_TIMESTAMP
+from pipelines.scoring.types import FEATURE_TIMESTAMP
+from training.tasks import get_task
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -69,6 +69,8 @@ class ServiceRead:
 
 def resolve_service(store: FeatureStore, service_name: str) -> ServiceRead:
     """The service's views, their offline files, keys, TTLs and features, from the registry."""
+    # Feast takes seconds to import: it is needed only once a caller holds a store (and
+    # has imported it), not by every importer of this module (parse_as_of, the unit tests).
     from feast import FileSource
     from feast.errors import FeatureServiceNotFoundException
 
@@ -182,27 +184,7 @@ def parse_as_of(text: str | None) -> datetime | None:
 
 
 def population(lake: Path, task: str, as_of: datetime, mode: str | None = None) -> pl.DataFrame:
-    """The entities a task scores at ``as_of`` (one key column, sorted, unique).
-
-    churn: the churn model's population (active subscribers, or recent buyers in
-    transactional mode), lead: the open leads, nbp: every customer signed up before it.
-    """
-    from features.labels import churn_population, open_leads
-
-    if task == "churn":
-        return churn_population(lake, as_of, mode=(mode or "auto"))  # type: ignore[arg-type]
-    if task == "lead":
-        return open_leads(lake, as_of)
-    if task == "nbp":
-        from crmdata.lake import read_table
-
-        key = JOIN_KEYS["customer"]
-        customers = read_table(lake, "customers", [key, "signup_at"])
-        if customers is None:
-            raise CrmscoreError(f"{lake}: no customers table")
-        return (customers.filter(pl.col("signup_at") < as_utc(as_of)).select(key).unique().sort(key))
-    raise CrmscoreError(f"unknown task {task!r}: expected churn, lead or nbp")
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+    """The entities ``task`` scores at ``as_of`` (one key column, sorted, unique): its
+    population rule in the task registry, read from the lake. ``mode`` is the churn
+    model's (subscription or transactional); other populations ignore it."""
+    return get_task(task).population.from_lake(lake, as_of, mode)

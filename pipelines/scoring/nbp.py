@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
-from crmdata.errors import CrmscoreError
+from crmdata.lake import read_table
 from crmdata.times import as_utc
 from crmdata.workspace import Workspace
-from features.catalog import JOIN_KEYS
 from pipelines.scoring.inputs import default_as_of, population
 from pipelines.scoring.table import (
     Distribution,
@@ -37,10 +36,11 @@ from pipelines.scoring.table import (
     reconcile,
     staged_partition,
     write_manifest,
+    written_ids,
 )
-
-if TYPE_CHECKING:
-    from pipelines.scoring.job import Progress, ScoreOptions
+from pipelines.scoring.types import NoProgress, Progress, ScoreOptions
+from training.nbp import load_recommender
+from training.tasks import NBP
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +50,18 @@ BLOCK = 50_000
 
 def score_nbp(ws: Workspace, as_of: datetime | None, options: ScoreOptions,
               progress: Progress | None = None) -> RunManifest:
-    import pyarrow.parquet as pq
-
-    from pipelines.scoring.job import _NoProgress, written_ids
-
+    """Score every customer signed up before ``as_of`` (default: the newest snapshot)."""
     if options.engine == "spark":
         # The recommender is a few dense matrices ranked by implicit's multi-threaded
         # top-k; shipping it to executors buys nothing below tens of millions of customers.
         log.info("nbp: the recommender scores in-process; --engine spark applies to churn and lead")
-    try:
-        from training.nbp import load_recommender
-    except ImportError as exc:  # the recommender package is not there in this install
-        raise CrmscoreError(f"score nbp needs training.nbp.load_recommender ({exc})") from None
-
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     started_at, started = datetime.now().astimezone(), time.perf_counter()
     as_of = as_utc(as_of) if as_of is not None else default_as_of(ws)
-    key = JOIN_KEYS["customer"]
+    key = NBP.key_column
     stages = StageSeconds()
     t0 = time.perf_counter()
-    pop = population(ws.lake, "nbp", as_of)
+    pop = population(ws.lake, NBP.key, as_of)
     with _one_blas_thread():
         rec = load_recommender(lake=ws.lake, as_of=as_of)
     ids = pop.get_column(key).to_numpy().astype(str)
@@ -79,7 +71,7 @@ def score_nbp(ws: Workspace, as_of: datetime | None, options: ScoreOptions,
              rec.name, rec.version, options.top_products)
     scores: list[np.ndarray] = []
     cold = 0
-    with staged_partition(ws.scores, "nbp", as_of) as staging:
+    with staged_partition(ws.scores, NBP.key, as_of) as staging:
         progress.start(f"nbp ({len(ids):,} customers)", len(ids))
         try:
             for index, start in enumerate(range(0, len(ids), BLOCK)):
@@ -109,7 +101,7 @@ def score_nbp(ws: Workspace, as_of: datetime | None, options: ScoreOptions,
         seconds = time.perf_counter() - started
         top1 = np.concatenate(scores) if scores else np.empty(0)
         manifest = RunManifest(
-            task="nbp", as_of=as_of, engine="local", model_name=rec.name, model_version=str(rec.version),
+            task=NBP.key, as_of=as_of, engine="local", model_name=rec.name, model_version=str(rec.version),
             model_alias=rec.alias, model_run_id=rec.run_id, feature_service=None,
             inputs={"lake": str(ws.lake), "orders folded in before": as_of.isoformat()},
             entities=len(ids), rows=len(written), reasons="all",
@@ -117,7 +109,7 @@ def score_nbp(ws: Workspace, as_of: datetime | None, options: ScoreOptions,
                 grades={"cold_start": cold, "personalised": len(written) - cold},
                 probability={"top1_score_mean": float(np.nanmean(top1))} if top1.size else {}),
             seconds=round(seconds, 3), rows_per_second=round(len(written) / max(seconds, 1e-9), 1),
-            stages=stages, output=str(partition_dir(ws.scores, "nbp", as_of)), started_at=started_at,
+            stages=stages, output=str(partition_dir(ws.scores, NBP.key, as_of)), started_at=started_at,
             drift={"note": "not applicable: the recommender has no feature-service reference"},
         )
         write_manifest(staging, manifest)
@@ -127,7 +119,7 @@ def score_nbp(ws: Workspace, as_of: datetime | None, options: ScoreOptions,
 
 def _wide(long: pl.DataFrame, as_of: datetime, version: str) -> pl.DataFrame:
     """(customer, rank) rows → one row per customer with the lists in rank order."""
-    key = JOIN_KEYS["customer"]
+    key = NBP.key_column
     return (
         long.sort(key, "rank", maintain_order=True)
         .group_by(key, maintain_order=True)
@@ -150,24 +142,21 @@ def _wide(long: pl.DataFrame, as_of: datetime, version: str) -> pl.DataFrame:
 def _unknown_segments(ws: Workspace, rec: object, ids: np.ndarray) -> dict[str, str]:
     """The segment of each customer the recommender does not know, so the cold-start
     fallback is their segment's popularity rather than everyone's."""
-    from crmdata.lake import read_table
-
     rows = rec.customer_rows(ids)  # type: ignore[attr-defined]
     unknown = ids[rows < 0]
     if unknown.size == 0:
         return {}
-    customers = read_table(ws.lake, "customers", [JOIN_KEYS["customer"], "segment"])
+    key = NBP.key_column
+    customers = read_table(ws.lake, "customers", [key, "segment"])
     if customers is None:
         return {}
-    known = customers.filter(pl.col(JOIN_KEYS["customer"]).is_in(unknown.tolist()))
-    return dict(zip(known.get_column(JOIN_KEYS["customer"]).to_list(),
+    known = customers.filter(pl.col(key).is_in(unknown.tolist()))
+    return dict(zip(known.get_column(key).to_list(),
                     known.get_column("segment").cast(pl.String).to_list(), strict=True))
 
 
 def _plain_types(table: object) -> object:
     """``string`` and ``list<string>`` rather than polars' large variants, like the other tables."""
-    import pyarrow as pa
-
     fields = []
     for f in table.schema:  # type: ignore[attr-defined]
         kind = f.type
@@ -180,14 +169,7 @@ def _plain_types(table: object) -> object:
     return table.cast(pa.schema(fields))  # type: ignore[attr-defined]
 
 
-@contextmanager
-def _one_blas_thread() -> Iterator[None]:
+def _one_blas_thread() -> threadpool_limits:
     """implicit does its own threading; a second BLAS thread pool under it only fights
     for the cores (implicit warns about exactly this)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, "blas"):
-        yield
+    return threadpool_limits(1, "blas")

@@ -2,19 +2,15 @@
 
 Both engines run exactly this code on every chunk (the local engine in threads,
 the Spark engine inside ``mapInArrow``), which is why their scores agree to the
-last bit. It is a vectorized restatement of ``training.model.ScoringModel``:
+last bit. It is ``training.model.ScoringModel`` applied to Arrow columns:
 
-* ``encode`` builds the booster's input as ``prepare_features`` does (catalogue
-  order, categoricals coded with the spec's categories, unseen → NaN) straight
-  from Arrow columns, without a pandas frame per chunk;
+* ``encode`` is the model contract's ``Encoder`` (the one training and the
+  service use) fed straight from Arrow columns, without a pandas frame per chunk;
 * probability, score and grade come from the model's own calibrator,
   ``score_1_99`` and grading;
-* reasons are LightGBM's exact ``pred_contrib`` with the same top-3 up/down rule
-  as ``ScoringModel.reasons``, turned into JSON text column-wise (Arrow string
-  kernels) instead of one Python dict per row.
-
-Tests hold ``encode`` to ``prepare_features`` and the reasons to
-``ScoringModel.reasons`` value for value.
+* reasons are LightGBM's exact ``pred_contrib`` with the indices picked by the
+  same ``top_reasons`` rule as ``ScoringModel.reasons``, turned into JSON text
+  column-wise (Arrow string kernels) instead of one Python dict per row.
 """
 
 from __future__ import annotations
@@ -24,25 +20,24 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+import lightgbm as lgb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.scoring.types import FEATURE_TIMESTAMP, ReasonsMode
+from training.calibration import Calibrator, Grading, score_1_99
+from training.encoding import Encoder, top_reasons
 
 if TYPE_CHECKING:
-    import lightgbm as lgb
-    import pyarrow as pa
-
-    from training.calibration import Calibrator, Grading
     from training.model import ScoringModel
 
-#: Column of the input batch holding the event time of the feature row used (null: none).
-FEATURE_TIMESTAMP = "feature_timestamp"
 TOP_REASONS = 3
 #: ``reasons="top"`` explains only the best grades: churn high + medium, leads A + B
 #: (the top 30% someone acts on). TreeSHAP costs ~1-2 ms a row, a predict ~10 µs.
 TOP_GRADES = 2
-#: all: every row; top: the best TOP_GRADES grades; none: no reasons (fastest).
-ReasonsMode = Literal["all", "top", "none"]
 
 
 @dataclass
@@ -63,6 +58,7 @@ class BinaryPredictor:
     reasons: ReasonsMode = "all"
     top: int = TOP_REASONS
     _booster: Any = field(default=None, repr=False, compare=False)
+    _encoder: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_model(cls, model: ScoringModel, task: str, grade_column: str, as_of: datetime,
@@ -85,16 +81,18 @@ class BinaryPredictor:
     @property
     def booster(self) -> lgb.Booster:
         if self._booster is None:
-            import lightgbm as lgb
-
             self._booster = lgb.Booster(model_str=self.booster_text)
         return self._booster
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder(self.features, self.categories, owner=f"{self.task} model {self.model_version}")
+        return self._encoder
 
     # -- the output ------------------------------------------------------------------------
 
     def output_schema(self) -> pa.Schema:
-        import pyarrow as pa
-
         ts = pa.timestamp("us", tz="UTC")
         return pa.schema([
             pa.field(self.key, pa.string(), nullable=False),
@@ -117,20 +115,7 @@ class BinaryPredictor:
 
     def encode(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         """The booster's input matrix (rows × model features, float64, row-major)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        n = table.num_rows
-        x = np.empty((n, len(self.features)), dtype=np.float64)
-        for j, name in enumerate(self.features):
-            column = table.column(name)
-            if name in self.categories:
-                values = pa.array(self.categories[name], pa.string())
-                codes = pc.index_in(pc.cast(column, pa.string()), value_set=values)
-                x[:, j] = pc.cast(codes, pa.float64()).to_numpy(zero_copy_only=False)
-            else:
-                x[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        return x
+        return self.encoder.arrow(table)
 
     def probabilities(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         """Calibrated probabilities of every row (no masking; for the drift reference)."""
@@ -138,11 +123,6 @@ class BinaryPredictor:
 
     def score_table(self, table: pa.Table | pa.RecordBatch, timings: dict[str, float] | None = None) -> pa.Table:
         """Score one batch; ``timings`` (if given) accumulates seconds per stage."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from training.calibration import score_1_99
-
         if isinstance(table, pa.Table):
             # One contiguous batch: the element-wise kernels below mix it with numpy results.
             if table.num_rows == 0:
@@ -190,23 +170,18 @@ class BinaryPredictor:
     def reasons_json(self, contrib: np.ndarray, table: pa.Table | pa.RecordBatch) -> pa.Array:
         """``{"up": [...], "down": [...]}`` per row, each item ``{feature, value, impact}``.
 
-        Same rule as ``ScoringModel.reasons``: the ``top`` largest positive and most
-        negative contributions (argsort of the row). The positive ones form a prefix
-        of the descending order (and the negative ones of the ascending), so a slot
-        is present exactly when all before it are, and commas never need cleaning up.
+        The indices are ``top_reasons``' (the rule of ``ScoringModel.reasons``). The
+        positive ones form a prefix of the descending order (and the negative ones of
+        the ascending), so a slot is present exactly when all before it are, and commas
+        never need cleaning up.
         """
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        order = np.argsort(contrib, axis=1)
-        top = min(self.top, contrib.shape[1])
+        picked = top_reasons(contrib, self.top)
         names = pa.array([json.dumps(f) for f in self.features], pa.string())
         parts: dict[str, pa.Array] = {}
-        for direction, idx in (("up", order[:, ::-1][:, :top]), ("down", order[:, :top])):
+        for direction, idx, ok in (("up", picked.up, picked.up_ok), ("down", picked.down, picked.down_ok)):
             impacts = np.take_along_axis(contrib, idx, axis=1)
-            ok = impacts > 0 if direction == "up" else impacts < 0
             pieces = []
-            for r in range(top):
+            for r in range(idx.shape[1]):
                 item = pc.binary_join_element_wise(
                     '{"feature":', names.take(pa.array(idx[:, r])),
                     ',"value":', self._values_json(table, idx[:, r]),
@@ -220,8 +195,6 @@ class BinaryPredictor:
 
     def _values_json(self, table: pa.Table | pa.RecordBatch, feature_index: np.ndarray) -> pa.Array:
         """For row i, the JSON literal of feature ``feature_index[i]``'s value in row i."""
-        import pyarrow as pa
-
         order = np.argsort(feature_index, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(feature_index, minlength=len(self.features)))])
         pieces = []
@@ -244,9 +217,6 @@ class BinaryPredictor:
 def _json_literals(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Each value as a JSON literal: strings quoted and escaped, numbers as numbers,
     null and non-finite numbers as ``null``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     kind = values.type

@@ -2,8 +2,8 @@
 
 * ``push_online``: a run's rows into the ``<task>_scores`` feature view through
   its push source (``features/feature_views.py``), so the service and apps read
-  precomputed scores with ``get_online_features`` (or ``read_online_scores``) by
-  the same entity key as every other feature. Pushing is Feast's own
+  precomputed scores with ``get_online_features`` by the same entity key as
+  every other feature. Pushing is Feast's own
   ``FeatureStore.push``, in batches; a newer push replaces an entity's row.
 * ``write_postgres``: the run into ``<schema>.<task>_scores`` (created if
   needed; primary key entity + as_of). One transaction deletes the rows of that
@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.dataset as ds
 from pydantic import BaseModel
 
 from crmdata.errors import CrmscoreError
@@ -31,11 +33,11 @@ from features.catalog import (
     SCORE_TIMESTAMP,
     SCORE_VIEW_NAMES,
 )
+from features.store import feature_store
 from pipelines.scoring.table import latest_partition, read_manifest
 
 if TYPE_CHECKING:
     import pandas as pd
-    import pyarrow as pa
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,6 @@ class PublishSummary(BaseModel):
 
 def read_run(ws: Workspace, task: str, as_of: datetime | None = None) -> tuple[pa.Table, Path]:
     """The rows of one scoring run (the ``as_of`` partition, default the newest)."""
-    import pyarrow.dataset as ds
-
     partition = latest_partition(ws.scores, task, as_of)
     files = sorted(str(p) for p in partition.glob("*.parquet"))
     table = ds.dataset(files, format="parquet").to_table() if files else None
@@ -69,9 +69,8 @@ def read_run(ws: Workspace, task: str, as_of: datetime | None = None) -> tuple[p
 def push_online(ws: Workspace, task: str, as_of: datetime | None = None, profile: str = "local",
                 store: FeatureStore | None = None) -> PublishSummary:
     """Push a scoring run into the online store through ``<task>_scores_push``."""
+    # Feast takes seconds to import: only pushing needs it (--to-postgres alone does not).
     from feast.data_source import PushMode
-
-    from features.store import feature_store
 
     started = time.perf_counter()
     table, partition = read_run(ws, task, as_of)
@@ -109,21 +108,10 @@ def _push_frame(task: str, table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def read_online_scores(store: FeatureStore, task: str, ids: Sequence[str]) -> pd.DataFrame:
-    """The pushed scores of these entities (the view's registered features, in order)."""
-    view = store.get_feature_view(SCORE_VIEW_NAMES[task])
-    key = JOIN_KEYS[SCORE_ENTITIES[task]]
-    refs = [f"{view.name}:{f.name}" for f in view.features]
-    response = store.get_online_features(features=refs, entity_rows=[{key: str(i)} for i in ids])
-    return response.to_df()
-
-
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 def _pg_type(kind: pa.DataType) -> str | None:
     """The PostgreSQL column type of an Arrow type of the score tables."""
-    import pyarrow as pa
-
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         inner = _pg_type(kind.value_type)
         return f"{inner}[]" if inner else None
@@ -153,7 +141,7 @@ def pg_conninfo(url: str) -> str:
 def write_postgres(ws: Workspace, task: str, url: str, as_of: datetime | None = None,
                    schema: str = DEFAULT_PG_SCHEMA) -> PublishSummary:
     """Replace the run's as_of in ``<schema>.<task>_scores`` with the run's rows."""
-    try:
+    try:  # an optional extra (crmscore[postgres])
         import psycopg
         from psycopg import sql
     except ImportError:
@@ -205,8 +193,6 @@ def publish_all(ws: Workspace, tasks: Sequence[str], *, online: bool = True, pro
     for task in tasks:
         if online:
             if store is None:
-                from features.store import feature_store
-
                 store = feature_store(ws, profile)
             out.append(push_online(ws, task, as_of, profile, store=store))
         if postgres:

@@ -27,15 +27,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from crmdata.errors import CrmscoreError
 from features.catalog import score_dir_name
-
-if TYPE_CHECKING:
-    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +124,12 @@ class Distribution(BaseModel):
     probability: dict[str, float] = Field(default_factory=dict, description="mean and quantiles")
 
 
+def grade_counts(scored: pa.Table, column: str) -> dict[str, int]:
+    """Rows per grade/band of a scored Arrow table (nulls not counted)."""
+    counts = pc.value_counts(scored.column(column).combine_chunks())
+    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["values"] is not None}
+
+
 class RunManifest(BaseModel):
     """What one scoring run read, produced and how long it took (``_manifest.json``)."""
 
@@ -175,13 +180,19 @@ def latest_partition(scores: Path, task: str, as_of: datetime | None = None) -> 
     return found[-1]
 
 
+def written_ids(staging: Path, key: str) -> pl.Series:
+    """The ids actually on disk in a staged partition (what readers will see)."""
+    files = sorted(staging.glob("*.parquet"))
+    if not files:
+        return pl.Series(key, [], dtype=pl.String)
+    return pl.read_parquet(files, columns=[key]).get_column(key)
+
+
 def reconcile(expected: Sequence[str] | pl.Series, written: Sequence[str] | pl.Series, what: str) -> None:
     """Entities in = rows out, or fail naming what is missing, extra or duplicated.
 
     Set arithmetic as polars anti-joins: a million ids reconcile in milliseconds.
     """
-    import polars as pl
-
     exp = pl.DataFrame({"id": pl.Series(expected, dtype=pl.String)})
     got = pl.DataFrame({"id": pl.Series(written, dtype=pl.String)})
     ids = exp.get_column("id")

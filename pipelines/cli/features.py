@@ -1,8 +1,4 @@
-"""``crmscore features …``: build feature tables, register them with Feast, materialize.
-
-Thin wrappers over ``features.build``, ``features.store``; heavy imports (Feast,
-DuckDB) happen inside the commands so ``crmscore --help`` stays fast.
-"""
+"""``crmscore features …``: build feature tables, register them with Feast, materialize."""
 
 from __future__ import annotations
 
@@ -11,10 +7,14 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli import console, handle_errors, workspace
+from pipelines.cli.common import console, handle_errors, store_profile, workspace
 
-features_app = typer.Typer(
-    help="Feature tables (point-in-time snapshots) and the Feast feature store.",
+# The features modules import polars, and Feast (seconds) once a store is opened: inside
+# the commands, so that `crmscore --help` stays fast.
+
+app = typer.Typer(
+    name="features",
+    help="Build point-in-time feature tables, register them with Feast, materialize.",
     no_args_is_help=True,
 )
 
@@ -28,17 +28,7 @@ ProfileOption = Annotated[
 ]
 
 
-def _profile(value: str):  # -> features.store.Profile
-    from crmdata.errors import CrmscoreError
-    from features.store import Profile
-
-    try:
-        return Profile(value)
-    except ValueError:
-        raise CrmscoreError(f"--profile {value!r}: expected local or redis") from None
-
-
-@features_app.command()
+@app.command()
 @handle_errors
 def build(
     as_of: Annotated[
@@ -57,7 +47,8 @@ def build(
     ] = None,
 ) -> None:
     """Turn the lake's raw tables into feature tables keyed by entity + event_timestamp."""
-    from features.build import build_features, parse_dates, parse_every, snapshot_grid
+    from features.build import build_features
+    from features.grid import parse_dates, parse_every, snapshot_grid
 
     ws = workspace()
     source = lake or ws.lake
@@ -69,7 +60,7 @@ def build(
     console.print(summary.render(), highlight=False)
 
 
-@features_app.command()
+@app.command()
 @handle_errors
 def apply(profile: ProfileOption = "local") -> None:
     """Register entities, sources, feature views and services (after `features build`)."""
@@ -81,7 +72,7 @@ def apply(profile: ProfileOption = "local") -> None:
     )
 
     ws = workspace()
-    chosen = _profile(profile)
+    chosen = store_profile(profile)
     store = feature_store(ws, chosen)
     summary = apply_repository(store, ws.feature_tables, chosen)
     path = write_feature_store_yaml(ws, StoreSettings(profile=chosen))
@@ -89,13 +80,14 @@ def apply(profile: ProfileOption = "local") -> None:
     console.print(f"  Feast CLI config: {path}", highlight=False)
 
 
-@features_app.command()
+@app.command()
 @handle_errors
 def materialize(profile: ProfileOption = "local") -> None:
     """Load each entity's latest snapshot into the online store."""
-    from features.store import feature_store, materialize_latest
+    from features.materialize import materialize_latest
+    from features.store import feature_store
 
     ws = workspace()
-    store = feature_store(ws, _profile(profile))
+    store = feature_store(ws, store_profile(profile))
     summary = materialize_latest(store, ws.feature_tables)
     console.print(summary.render(), highlight=False)

@@ -1,27 +1,31 @@
-"""``crmscore serve`` and ``crmscore keys create``: start the prediction service, manage its keys.
-
-``register(app)`` adds them to the main CLI. BentoML, Feast and MLflow are
-imported inside the commands so ``crmscore --help`` stays fast.
-"""
+"""``crmscore serve`` and ``crmscore keys …``: start the prediction service, manage its keys."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from crmdata.errors import CrmscoreError
-from pipelines.cli import console, handle_errors, workspace
+from crmdata.workspace import Workspace, mlflow_tracking_uri
+from pipelines.cli.common import console, handle_errors, store_profile, workspace
+from serving.auth import KeyScope, create_key, keys_file, read_keys
 
-log = logging.getLogger("crmscore")
+# BentoML, httpx, polars and the service's modules (Feast, MLflow) take from tens of
+# milliseconds to seconds to import: inside the commands, so that `crmscore --help`
+# stays fast.
 
-keys_app = typer.Typer(help="API keys of the prediction service (only their hashes are stored).",
+app = typer.Typer()
+
+keys_app = typer.Typer(name="keys", help="API keys of the prediction service (only their hashes are stored).",
                        no_args_is_help=True)
+app.add_typer(keys_app)
 
 #: The service, as BentoML imports it in each server worker.
 SERVICE = "serving.service:CrmScoring"
@@ -36,8 +40,6 @@ def keys_create(
     note: Annotated[str, typer.Option(help="Who or what the key is for (stored with the hash).")] = "",
 ) -> None:
     """Create an API key: printed once, only its hash is stored (HOME/keys or $CRMSCORE_KEYS_FILE)."""
-    from serving.auth import KeyScope, create_key, keys_file
-
     try:
         chosen = KeyScope(scope)
     except ValueError:
@@ -53,8 +55,6 @@ def keys_create(
 @handle_errors
 def keys_list() -> None:
     """The stored keys by id and scope (the keys themselves are not stored)."""
-    from serving.auth import keys_file, read_keys
-
     path = keys_file(workspace().keys)
     rows = read_keys(path)
     if not rows:
@@ -63,13 +63,16 @@ def keys_list() -> None:
         console.print(f"{r.id}  {r.scope.value:<5}  {r.created_at}  {r.note}")
 
 
+@app.command()
+@handle_errors
 def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
     profile: Annotated[str, typer.Option(help="Feature store profile: local (SQLite) or redis.")] = "local",
     models: Annotated[
-        str, typer.Option(help="Models to serve (comma-separated: churn, lead, nbp); /readyz needs them all.")
-    ] = "churn,lead,nbp",
+        str | None, typer.Option(help="Models to serve: comma-separated task keys (default: every task); "
+                                      "/readyz needs them all.")
+    ] = None,
     as_of: Annotated[
         str, typer.Option("--as-of", help="Feature age is measured against: now, snapshot (the newest "
                                           "feature snapshot: synthetic or replayed worlds) or an ISO time.")
@@ -84,17 +87,14 @@ def serve(
     """Start the prediction service (BentoML) on the workspace's champions and online store."""
     import bentoml
 
-    from features.store import Profile
-    from serving.predictor import MODEL_KEYS, resolve_as_of
+    from serving.predictor import resolve_as_of
+    from training.tasks import TASKS
 
     ws = workspace()
-    try:
-        chosen = Profile(profile)
-    except ValueError:
-        raise CrmscoreError(f"--profile {profile!r}: expected local or redis") from None
-    wanted = [m.strip() for m in models.split(",") if m.strip()]
-    if not wanted or any(m not in MODEL_KEYS for m in wanted):
-        raise CrmscoreError(f"--models {models!r}: expected a comma-separated subset of churn, lead, nbp")
+    chosen = store_profile(profile)
+    wanted = list(TASKS) if models is None else [m.strip() for m in models.split(",") if m.strip()]
+    if not wanted or any(m not in TASKS for m in wanted):
+        raise CrmscoreError(f"--models {models!r}: expected a comma-separated subset of {', '.join(TASKS)}")
     resolve_as_of(as_of, ws)  # fail here, not in a worker
     # The workers are separate processes started in the repository root: hand them
     # absolute locations through the environment.
@@ -110,7 +110,7 @@ def serve(
     # One BLAS thread per worker: the request threads are the parallelism.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository root: this is pipelines/cli/serving.py
     _check_port(host, port)
     started = time.monotonic()
     # One worker process (BentoML's default for this service); scale out with replicas.
@@ -139,8 +139,6 @@ def serve(
 
 def _check_port(host: str, port: int) -> None:
     """Fail with a clear message, before starting anything, if the port is taken."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -161,7 +159,7 @@ def _stop_on_signals(server: Any) -> dict[str, bool]:
     return state
 
 
-def wait_ready(url: str, timeout: float, alive: Any = lambda: True) -> bool:
+def wait_ready(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
     """Poll ``/readyz`` until it answers 200, the server dies, or ``timeout`` passes."""
     import httpx
 
@@ -178,8 +176,6 @@ def wait_ready(url: str, timeout: float, alive: Any = lambda: True) -> bool:
 
 def absolute_tracking_uri() -> str:
     """The MLflow URI with a relative SQLite path made absolute (workers run elsewhere)."""
-    from crmdata.workspace import mlflow_tracking_uri
-
     uri = mlflow_tracking_uri()
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.removeprefix(prefix).startswith("/"):
@@ -187,32 +183,27 @@ def absolute_tracking_uri() -> str:
     return uri
 
 
-def examples(url: str, ws: Any) -> str:
+def examples(url: str, ws: Workspace) -> str:
     """Curl calls that work on this workspace: real ids, and a new score key made for them."""
-    import polars as pl
-
-    from serving.auth import create_key, keys_file
 
     key, row = create_key(keys_file(ws.keys), "score", note="demo key from crmscore serve --print-examples")
 
-    def first(table: str, column: str, n: int) -> list[str]:
-        path = ws.lake / f"{table}.parquet"
-        if not path.exists():
-            return []
-        return pl.read_parquet(path, columns=[column]).head(n)[column].cast(pl.String).to_list()
-
-    customers = first("customers", "customer_id", 2) or ["C0000001"]
-    leads = first("leads", "lead_id", 1) or ["L0000001"]
+    # Ids the service can answer for: in each model's population at the served snapshot,
+    # plus one customer and one lead outside it, to show the not_eligible status.
+    customers, outsider, leads, closed = _example_ids(ws)
     ids = ", ".join(f'"{c}"' for c in customers)
     auth = f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json'"
     return "\n".join([
         f"A score key was created for these examples (id {row.id}, shown only here):",
         f"  export CRMSCORE_KEY={key}",
         "",
-        "# churn risk with the reasons",
+        "# churn risk with the reasons (active subscribers)",
         f"curl -s {url}/churn_risk {auth} -d '{{\"customer_ids\": [{ids}]}}'",
-        "# a stored lead and a brand-new one, without reasons",
+        "# a customer outside churn's population: not_eligible, with the reason",
+        f"curl -s {url}/churn_risk {auth} -d '{{\"customer_ids\": [\"{outsider}\"]}}'",
+        "# an open lead, a closed one (not_eligible) and a brand-new one, without reasons",
         (f"curl -s {url}/lead_score {auth} -d '{{\"leads\": [{{\"lead_id\": \"{leads[0]}\"}}, "
+         f"{{\"lead_id\": \"{closed}\"}}, "
          "{\"attributes\": {\"source\": \"webinar\", \"country\": \"DE\", \"company_size\": \"51-200\", "
          "\"job_seniority\": \"director\"}}], \"explain\": false}'"),
         "# the next 3 products to offer",
@@ -222,7 +213,26 @@ def examples(url: str, ws: Any) -> str:
     ])
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``serve`` and ``keys`` to the crmscore CLI."""
-    app.command("serve")(handle_errors(serve))
-    app.add_typer(keys_app, name="keys")
+def _example_ids(ws: Workspace) -> tuple[list[str], str, list[str], str]:
+    """Two customers in churn's population at the newest feature snapshot and one outside it;
+    an open lead and a closed one (the task registry's rules, as the service applies them)."""
+    import polars as pl
+
+    from crmdata.lake import read_table
+    from features.build import read_build_summary
+    from training.tasks import CHURN, LEAD, NBP
+
+    as_of = max(read_build_summary(ws.feature_tables).as_of)
+    key, lead_key = CHURN.key_column, LEAD.key_column
+    active = CHURN.population.from_lake(ws.lake, as_of)
+    everyone = NBP.population.from_lake(ws.lake, as_of)
+    customers = active[key].head(2).to_list() or everyone[key].head(2).to_list()
+    outside = everyone.join(active, on=key, how="anti")[key].head(1).to_list() or ["C-nobody"]
+    leads, closed = ["L-nobody"], "L-nobody"
+    if read_table(ws.lake, "leads", [lead_key]) is not None:
+        open_ = LEAD.population.from_lake(ws.lake, as_of)
+        known = read_table(ws.lake, "leads", [lead_key, "created_at"])
+        shut = known.filter(pl.col("created_at") < as_of).join(open_, on=lead_key, how="anti")  # type: ignore[union-attr]
+        leads = open_[lead_key].head(1).to_list() or leads
+        closed = (shut[lead_key].head(1).to_list() or [closed])[0]
+    return customers, outside[0], leads, closed

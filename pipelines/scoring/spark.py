@@ -28,19 +28,20 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
+import pyarrow.dataset as ds
 
 from crmdata.errors import CrmscoreError
-from pipelines.scoring.predict import FEATURE_TIMESTAMP, BinaryPredictor
-from pipelines.scoring.table import StageSeconds
+from pipelines.scoring.inputs import ServiceRead, ViewRead
+from pipelines.scoring.predict import BinaryPredictor
+from pipelines.scoring.table import StageSeconds, grade_counts
+from pipelines.scoring.types import FEATURE_TIMESTAMP, EngineResult, Progress, ScoreOptions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-    from pipelines.scoring.inputs import ServiceRead, ViewRead
-    from pipelines.scoring.job import EngineResult, Progress, ScoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ MASTER_ENV = "CRMSCORE_SPARK_MASTER"
 ARROW_BATCH_ROWS = 50_000
 #: The drift report under Spark compares a uniform sample of at most this many rows.
 DRIFT_SAMPLE_ROWS = 200_000
+
+
+# pyspark is an optional extra (crmscore[spark]) and brings a JVM: it is imported
+# inside the functions that need it, so the job can import this module without it.
 
 
 def require_pyspark() -> None:
@@ -135,11 +140,6 @@ def score_with_spark(plan: ServiceRead, pop: pl.DataFrame, as_of: datetime, pred
                      staging: Path, options: ScoreOptions, progress: Progress | None = None,
                      spark: SparkSession | None = None) -> EngineResult:
     """Score on Spark into ``staging``; see the module docstring."""
-    import numpy as np
-    import pyarrow.dataset as ds
-
-    from pipelines.scoring.job import EngineResult, grade_counts
-
     stages = StageSeconds()
     t0 = time.perf_counter()
     spark = spark or spark_session(options.spark_master)
@@ -180,7 +180,3 @@ def score_with_spark(plan: ServiceRead, pop: pl.DataFrame, as_of: datetime, pred
                         no_features=int(out.column(FEATURE_TIMESTAMP).null_count),
                         extra_inputs={"spark master": spark.sparkContext.master, "spark version": spark.version})
 
-
-def describe(spark: SparkSession) -> dict[str, Any]:
-    return {"master": spark.sparkContext.master, "version": spark.version,
-            "parallelism": spark.sparkContext.defaultParallelism}

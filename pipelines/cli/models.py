@@ -1,0 +1,94 @@
+"""``crmscore train``, ``models list`` and ``promote``: the models of the task registry."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from crmdata.errors import CrmscoreError
+from pipelines.cli.common import TaskKey, console, handle_errors, workspace
+
+# The trainers and the registry import MLflow and LightGBM (seconds): inside the
+# commands, so that `crmscore --help` stays fast.
+
+app = typer.Typer()
+
+models_app = typer.Typer(name="models", help="Registered models and their aliases.", no_args_is_help=True)
+app.add_typer(models_app)
+
+
+@app.command()
+@handle_errors
+def train(
+    target: Annotated[TaskKey, typer.Argument(help="The task whose model to train.")],
+    mode: Annotated[
+        str, typer.Option(help="Churn only: subscription, transactional or auto (by the lake's tables).")
+    ] = "auto",
+    window: Annotated[
+        int | None, typer.Option(min=1, help="Label window in days (default: the task's, see training/tasks.py).")
+    ] = None,
+    tune: Annotated[int, typer.Option(min=0, help="Optuna trials before the final fit (0: none).")] = 0,
+    algorithm: Annotated[str, typer.Option(help="nbp only: als (default) or bpr.")] = "als",
+    profile: Annotated[str, typer.Option(help="Feature store profile: local or redis.")] = "local",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Train a model, log it to MLflow, register it and promote it if it beats the champion."""
+    from pipelines.train import train_task
+    from training.tasks import get_task
+    from training.trainer import result_json
+
+    if mode not in ("auto", "subscription", "transactional"):
+        raise CrmscoreError(f"--mode {mode!r}: expected subscription, transactional or auto")
+    if algorithm not in ("als", "bpr"):
+        raise CrmscoreError(f"--algorithm {algorithm!r}: expected als or bpr")
+    result = train_task(workspace(), get_task(target.value), mode=mode, window_days=window, tune=tune,
+                        algorithm=algorithm, profile=profile)
+    if as_json:
+        typer.echo(result_json(result))
+        return
+    overall = result.metrics.get("overall", result.metrics)
+    headline = ", ".join(f"{k}={v:.4f}" for k, v in overall.items() if k in ("roc_auc", "ece", "ndcg_at_10"))
+    console.print(
+        f"{result.model} version {result.version} ({result.alias}): {headline}\n"
+        f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}"
+    )
+
+
+@models_app.command("list")
+@handle_errors
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every registered version of the crmscore models, with aliases and the gate's reason."""
+    from training.registry import configure_mlflow, list_versions
+
+    rows = list_versions(configure_mlflow())
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+        return
+    table = Table(title="registered models")
+    for header in ("model", "version", "aliases", "metric", "created", "gate decision"):
+        table.add_column(header, overflow="fold")
+    for r in rows:
+        metric = f"{r.metric}={r.value:.4f}" if r.metric and r.value is not None else ""
+        table.add_row(r.model, r.version, ", ".join(r.aliases), metric,
+                      f"{r.created_at:%Y-%m-%d %H:%M}", r.decision or "")
+    console.print(table if rows else "no registered models yet: run `crmscore train`")
+
+
+@app.command()
+@handle_errors
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model, e.g. crm-churn.")],
+    version: Annotated[str, typer.Argument(help="Version number to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded as a tag).")] = "promoted by hand",
+) -> None:
+    """Make VERSION the champion of MODEL (serving picks it up on its next reload)."""
+    from training.registry import configure_mlflow
+    from training.registry import promote as promote_version
+
+    promote_version(configure_mlflow(), model, version, reason, by="person")
+    console.print(f"{model} version {version} is now @champion")

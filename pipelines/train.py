@@ -1,0 +1,26 @@
+"""Training one task of the registry: ``crmscore train`` and the pipeline's train steps."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from crmdata.workspace import Workspace
+from training.tasks import Task
+
+if TYPE_CHECKING:
+    from training.trainer import TrainResult
+
+
+def train_task(ws: Workspace, task: Task, **options: Any) -> TrainResult:
+    """Run ``task``'s trainer on the workspace.
+
+    A binary task's trainer reads the workspace (its features and Feast store), the
+    recommender's only the lake. Each takes the options that apply to it (churn a
+    mode, the recommender an algorithm, ...); an option a trainer does not take, or
+    left at None, is not passed, so it keeps the trainer's default.
+    """
+    train = task.train_function()
+    takes = inspect.signature(train).parameters
+    data = ws.lake if task.scorer == "recommender" else ws
+    return train(data, **{k: v for k, v in options.items() if k in takes and v is not None})
