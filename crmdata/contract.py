@@ -180,7 +180,8 @@ PRODUCTS = Table(
 
 ORDERS = Table(
     name="orders",
-    required=True,
+    # A subscription business may have no orders: see ACTIVITY_TABLES.
+    required=False,
     key=("order_id",),
     columns=(
         Column("order_id", "id"),
@@ -261,6 +262,9 @@ TABLES: dict[str, Table] = {
     for t in (CUSTOMERS, PRODUCTS, ORDERS, SUBSCRIPTIONS, INTERACTIONS, LEADS, LEAD_ACTIVITIES)
 }
 REQUIRED_TABLES: tuple[str, ...] = tuple(n for n, t in TABLES.items() if t.required)
+#: A lake needs at least one of these: what customers do is either buy (orders) or
+#: subscribe (subscriptions). Without both, no feature or label can say anything.
+ACTIVITY_TABLES: tuple[str, ...] = (ORDERS.name, SUBSCRIPTIONS.name)
 
 
 def table(name: str) -> Table:

@@ -2,7 +2,8 @@
 
 A mapping YAML says, per contract table, where the file is and how its columns
 become contract columns (renames, timestamp formats, constant fills, generated
-ids, derived tables, custom attributes). The format is the pydantic models below;
+ids, derived tables, custom attributes, columns computed by a DuckDB SQL expression and
+a row filter). The format is the pydantic models below;
 ``examples/cdnow/README.md`` documents it next to a worked example. The import
 reads and converts every table first, then writes the lake into a temporary
 directory, validates it there and only then swaps it into place, so bad input
@@ -28,6 +29,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from crmdata.contract import (
+    ACTIVITY_TABLES,
     CUSTOM_ATTRIBUTE_DTYPES,
     REQUIRED_TABLES,
     TABLES,
@@ -99,6 +101,17 @@ class Derive(_Strict):
     )
 
 
+class SqlColumn(_Strict):
+    """A contract column computed from the source row by DuckDB, e.g. ``{sql: "Churn = 'Yes'"}``.
+
+    Snapshot exports carry facts the contract stores differently (a tenure in months
+    instead of a start date, "Yes"/"No" instead of a boolean): one expression per
+    column says how, in a language every analyst reads.
+    """
+
+    sql: str = Field(min_length=1, description="a DuckDB SQL expression over the source file's columns")
+
+
 class TableMapping(_Strict):
     """How one contract table is made from one source file (or derived from another table)."""
 
@@ -106,7 +119,8 @@ class TableMapping(_Strict):
     format: Literal["csv", "parquet"] | None = None
     csv: CsvOptions = CsvOptions()
     derive: Derive | None = None
-    columns: dict[str, str] = Field(default_factory=dict)
+    columns: dict[str, str | SqlColumn] = Field(default_factory=dict)
+    filter: str | None = Field(None, description="a DuckDB SQL predicate: only rows where it is true are kept")
     timestamp_format: dict[str, str] = Field(default_factory=dict)
     timezone: str = Field("UTC", description="zone of timestamps that carry no offset")
     constants: dict[str, Constant] = Field(default_factory=dict)
@@ -126,7 +140,7 @@ class TableMapping(_Strict):
     def _one_source(self) -> TableMapping:
         if (self.path is None) == (self.derive is None):
             raise ValueError("give exactly one of `path` or `derive`")
-        if self.derive is not None and (self.columns or self.attributes or self.generate_ids):
+        if self.derive is not None and (self.columns or self.attributes or self.generate_ids or self.filter):
             raise ValueError("a derived table takes only `derive` and `constants`")
         return self
 
@@ -253,6 +267,11 @@ def _check_against_contract(mapping: Mapping) -> None:
     missing = [n for n in REQUIRED_TABLES if n not in mapping.tables]
     if missing:
         raise CrmscoreError(f"tables: {' and '.join(missing)} must be mapped (required tables)")
+    if not any(n in mapping.tables for n in ACTIVITY_TABLES):
+        raise CrmscoreError(
+            f"tables: map {' or '.join(ACTIVITY_TABLES)} (what customers buy or subscribe to; "
+            "a subscription business needs no orders)"
+        )
     for name, spec in mapping.tables.items():
         _check_table(TABLES[name], spec, mapping)
 
@@ -439,9 +458,15 @@ def _read_whitespace(name: str, path: Path, opts: CsvOptions) -> pl.DataFrame:
 
 
 def _map_table(table: Table, spec: TableMapping, source: pl.DataFrame) -> pl.DataFrame:
-    """Rename, convert, fill constants and ids; contract columns first, then custom attributes."""
+    """Filter, rename, compute, convert, fill constants and ids; contract columns first, then
+    custom attributes."""
     assert spec.path is not None
+    sql = _SourceSql(table.name, source) if spec.filter or _computed(spec) else None
+    if sql is not None and spec.filter:
+        source = sql.keep(spec.filter)
     for target, src in [*spec.columns.items(), *((a, a) for a in spec.attributes)]:
+        if isinstance(src, SqlColumn):
+            continue
         if src not in source.columns:
             raise CrmscoreError(
                 f"{table.name}.{target}: source column {src!r} not in {spec.path} "
@@ -453,8 +478,12 @@ def _map_table(table: Table, spec: TableMapping, source: pl.DataFrame) -> pl.Dat
         name = column.name
         if name in spec.columns:
             src = spec.columns[name]
-            where = f"{table.name}.{name}: source column {src!r}"
-            out.append(_convert(source[src], column, spec, where).alias(name))
+            if isinstance(src, SqlColumn):
+                assert sql is not None  # made above whenever a column is computed
+                values, where = sql.column(name, src.sql), f"{table.name}.{name}: sql {src.sql!r}"
+            else:
+                values, where = source[src], f"{table.name}.{name}: source column {src!r}"
+            out.append(_convert(values, column, spec, where).alias(name))
         elif name in spec.constants:
             out.append(_constant(table, column, spec, height))
         elif name in spec.generate_ids:
@@ -463,6 +492,56 @@ def _map_table(table: Table, spec: TableMapping, source: pl.DataFrame) -> pl.Dat
     for attr, kind in spec.attributes.items():
         out.append(_attribute(source[attr], kind, f"{table.name}.{attr}").alias(attr))
     return pl.DataFrame(out)
+
+
+def _computed(spec: TableMapping) -> bool:
+    return any(isinstance(src, SqlColumn) for src in spec.columns.values())
+
+
+class _SourceSql:
+    """DuckDB over one source file's rows: the ``filter`` and the ``sql:`` columns.
+
+    A failing expression is the user's to fix, so its error names the table, the
+    column (or the filter) and DuckDB's own message, and nothing is written.
+    """
+
+    def __init__(self, table: str, source: pl.DataFrame) -> None:
+        import duckdb
+
+        self.table = table
+        self.con = duckdb.connect()
+        self._use(source)
+
+    def _use(self, source: pl.DataFrame) -> None:
+        self.rows = source.height
+        self.con.register("source", source.to_arrow())
+
+    def _run(self, query: str, what: str) -> pl.DataFrame:
+        import duckdb
+
+        try:
+            return self.con.sql(query).pl()
+        except duckdb.Error as exc:
+            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CrmscoreError(f"{self.table}.{what}: DuckDB cannot evaluate it: {message}") from None
+
+    def keep(self, predicate: str) -> pl.DataFrame:
+        """The rows where ``predicate`` is true (null counts as false, as in SQL)."""
+        kept = self._run(f"SELECT * FROM source WHERE ({predicate})", f"filter {predicate!r}")
+        log.info("%s: the filter keeps %d of %d rows", self.table, kept.height, self.rows)
+        self._use(kept)
+        return kept
+
+    def column(self, name: str, expression: str) -> pl.Series:
+        # A projection over one registered table keeps the rows in order (DuckDB's
+        # preserve_insertion_order, on by default), so the result lines up with the source.
+        frame = self._run(f"SELECT ({expression}) AS value FROM source", f"{name}: sql {expression!r}")
+        if frame.height != self.rows:
+            raise CrmscoreError(
+                f"{self.table}.{name}: sql {expression!r} gives {frame.height} rows for {self.rows} "
+                "source rows (an aggregate? it must give one value per row)"
+            )
+        return frame.to_series().alias(name)
 
 
 def _derive(table: Table, spec: TableMapping, source: pl.DataFrame) -> pl.DataFrame:

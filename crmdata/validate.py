@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from crmdata.contract import (
+    ACTIVITY_TABLES,
     CUSTOM_ATTRIBUTE_DTYPES,
     EARLIEST_TIMESTAMP,
     SURVEY_RANGES,
@@ -76,6 +77,12 @@ def validate_lake(lake: Path, now: datetime | None = None) -> list[Problem]:
     frames: dict[str, pl.DataFrame] = {}
 
     problems += _check_files(lake, manifest)
+    if not any(table_path(lake, name).exists() for name in ACTIVITY_TABLES):
+        problems.append(
+            Problem(table=" or ".join(ACTIVITY_TABLES), rule="required_table", rows=0,
+                    message="the lake needs orders or subscriptions (what customers buy or subscribe "
+                            "to); neither was found")
+        )
     for name, spec in TABLES.items():
         path = table_path(lake, name)
         if not path.exists():

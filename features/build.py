@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, Field
 
-from crmdata.contract import CUSTOMERS, LEADS, ORDERS, PRODUCTS, TABLES, TIMESTAMP
+from crmdata.contract import ACTIVITY_TABLES, CUSTOMERS, LEADS, ORDERS, PRODUCTS, TABLES, TIMESTAMP
 from crmdata.errors import CrmscoreError
 from crmdata.lake import atomic_dir, read_manifest, table_path
 from crmdata.times import as_utc
@@ -102,9 +102,13 @@ def build_features(
         raise CrmscoreError("no snapshot dates to build features for")
     manifest = read_manifest(lake)
     present = {name for name in TABLES if table_path(lake, name).exists()}
-    for required in (CUSTOMERS.name, ORDERS.name):
-        if required not in present:
-            raise CrmscoreError(f"{lake}: the lake has no {required} table (required)")
+    if CUSTOMERS.name not in present:
+        raise CrmscoreError(f"{lake}: the lake has no {CUSTOMERS.name} table (required)")
+    if not present & set(ACTIVITY_TABLES):
+        raise CrmscoreError(f"{lake}: the lake has neither orders nor subscriptions; features need one")
+    if ORDERS.name not in present:
+        log.warning("the lake has no orders: order features (recency, frequency, revenue, products) are "
+                    "left out; transactional churn and next-best-product cannot be trained")
 
     ctx = SqlContext.open(lake, present, manifest.custom_attributes, snapshots, threads)
 

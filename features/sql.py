@@ -55,6 +55,10 @@ from features.catalog import (
     attribute_column,
 )
 
+#: DuckDB types of the contract's kinds (for the empty orders view of a lake without orders).
+_DUCKDB_TYPES = {"id": "VARCHAR", "str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
+                 "timestamp": "TIMESTAMPTZ"}
+
 #: Microseconds per day: window bounds are integer arithmetic on epoch microseconds.
 DAY_US = 86_400_000_000
 
@@ -89,6 +93,12 @@ class SqlContext:
             con.execute(
                 f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{table_path(lake, name)}')"
             )
+        if ORDERS.name not in present:
+            # The customer and product queries read orders unconditionally; a subscription
+            # business without orders gets an empty table, and the build leaves out the
+            # features that need orders (FeatureSpec.requires), so none is a column of zeros.
+            columns = ", ".join(f"NULL::{_DUCKDB_TYPES[c.kind]} AS {c.name}" for c in ORDERS.columns)
+            con.execute(f"CREATE VIEW {ORDERS.name} AS SELECT {columns} WHERE false")
         con.execute("CREATE TEMP TABLE snap (as_of BIGINT)")
         con.executemany(
             "INSERT INTO snap VALUES (?)", [[int(d.timestamp() * 1_000_000)] for d in snapshots]

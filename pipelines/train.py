@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from crmdata.errors import CrmscoreError
+from crmdata.lake import table_path
 from crmdata.workspace import Workspace
 from training.tasks import Task
 
@@ -20,6 +22,12 @@ def train_task(ws: Workspace, task: Task, **options: Any) -> TrainResult:
     mode, the recommender an algorithm, ...); an option a trainer does not take, or
     left at None, is not passed, so it keeps the trainer's default.
     """
+    missing = [t for t in task.needs if not table_path(ws.lake, t).exists()]
+    if missing:
+        # Refused before any feature is built: e.g. a subscription business has no orders to
+        # learn next products from.
+        raise CrmscoreError(f"{task.title} needs the {' and '.join(missing)} table(s), which {ws.lake} "
+                            "does not have (docs/your-data.md says what each model needs)")
     train = task.train_function()
     takes = inspect.signature(train).parameters
     data = ws.lake if task.scorer == "recommender" else ws

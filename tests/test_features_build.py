@@ -273,10 +273,31 @@ def test_customers_and_orders_only(tmp_path: Path) -> None:
     assert "lake lacks" in summary.render()
 
 
+def test_customers_and_subscriptions_only(tmp_path: Path) -> None:
+    """A subscription business without orders: subscription features, no order features."""
+    tables = tiny_tables()
+    lake = write_lake(tmp_path / "lake", {k: tables[k] for k in ("customers", "subscriptions")})
+    out = tmp_path / "features"
+    summary = build_features(lake, out, [ts(2023, 12, 1), ts(2024, 3, 1)])
+    customer = summary.entities["customer"]
+    assert customer.unavailable["orders_30d"] == "needs orders"
+    assert customer.unavailable["days_since_last_order"] == "needs orders"
+    frame = read(out, "customer").sort(EVENT_TIMESTAMP, "customer_id")
+    assert "orders_total" not in frame.columns
+    # C1 subscribed 2023-01-05 and never left; C2's subscription ended 2024-01-01; C3 has none.
+    assert frame.select("customer_id", "subscription_active", "subscriptions_ended").rows() == [
+        ("C1", 1, 0), ("C2", 1, 0), ("C1", 1, 0), ("C2", 0, 1), ("C3", 0, 0),
+    ]
+    assert summary.entities["product"].rows == 0
+
+
 def test_lake_without_required_table_is_an_error(tmp_path: Path) -> None:
     tables = tiny_tables()
-    lake = write_lake(tmp_path / "lake", {"customers": tables["customers"]})
-    with pytest.raises(CrmscoreError, match="no orders table"):
+    lake = write_lake(tmp_path / "lake", {"orders": tables["orders"]})
+    with pytest.raises(CrmscoreError, match="no customers table"):
+        build_features(lake, tmp_path / "out", [ts(2024, 1, 1)])
+    lake = write_lake(tmp_path / "lake2", {"customers": tables["customers"]})
+    with pytest.raises(CrmscoreError, match="neither orders nor subscriptions"):
         build_features(lake, tmp_path / "out", [ts(2024, 1, 1)])
 
 

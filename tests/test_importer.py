@@ -109,6 +109,43 @@ def test_csv_import_renames_parses_and_fills(shop: Callable[..., Path], tmp_path
     assert orders["product_id"].null_count() == 3
 
 
+def test_sql_columns_and_a_filter_are_evaluated_by_duckdb(shop: Callable[..., Path], tmp_path: Path) -> None:
+    mapping = _mapping()
+    orders = mapping["tables"]["orders"]
+    orders["filter"] = "CAST(total AS DOUBLE) > 0"  # drops A3 (a free order)
+    orders["columns"]["quantity"] = {"sql": "CAST(n AS INTEGER) * 10"}
+    # A timestamp computed from text, as a tenure in months becomes a start date.
+    orders["columns"]["ordered_at"] = {"sql": "TIMESTAMP '2024-06-30' - to_months(CAST(n AS INTEGER))"}
+    out = tmp_path / "lake"
+    assert import_lake(shop(mapping), out).rows == {"customers": 2, "orders": 2}
+
+    got = pl.read_parquet(table_path(out, "orders"))
+    assert got.schema == pl.Schema(TABLES["orders"].polars_schema())
+    assert got["order_id"].to_list() == ["A1", "A2"]
+    assert got["quantity"].to_list() == [10, 20]
+    assert got["ordered_at"].to_list() == [datetime(2024, 5, 30, tzinfo=UTC), datetime(2024, 4, 30, tzinfo=UTC)]
+
+
+def test_a_subscription_business_needs_no_orders(shop: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "data" / "subs.csv").write_text("client,months,churn\n007,3,No\n008,1,Yes\n")
+    mapping = _mapping()
+    del mapping["tables"]["orders"]
+    mapping["tables"]["subscriptions"] = {
+        "path": "data/subs.csv",
+        "columns": {
+            "customer_id": "client",
+            "started_at": {"sql": "TIMESTAMP '2024-06-30' - to_months(CAST(months AS INTEGER))"},
+            "ended_at": {"sql": "CASE WHEN churn = 'Yes' THEN TIMESTAMP '2024-06-15' END"},
+        },
+        "constants": {"plan": "basic", "monthly_price": 10.0},
+        "generate_ids": ["subscription_id"],
+    }
+    out = tmp_path / "lake"
+    assert import_lake(shop(mapping), out).rows == {"customers": 2, "subscriptions": 2}
+    subs = pl.read_parquet(table_path(out, "subscriptions"))
+    assert subs["ended_at"].to_list() == [None, datetime(2024, 6, 15, tzinfo=UTC)]
+
+
 def test_custom_attributes_keep_declared_types_and_reach_the_manifest(
     shop: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -296,6 +333,26 @@ BAD_INPUTS: list[tuple[str, Callable[[dict[str, Any], Path], dict[str, Any] | st
         "missing required table",
         lambda m, d: _set(m, "tables.-customers", None),
         r"tables: customers must be mapped",
+    ),
+    (
+        "neither orders nor subscriptions",
+        lambda m, d: _set(m, "tables.-orders", None),
+        r"tables: map orders or subscriptions \(what customers buy or subscribe to",
+    ),
+    (
+        "failing sql column",
+        lambda m, d: _set(m, "tables.orders.columns.quantity", {"sql": "CAST(nope AS INTEGER)"}),
+        r"^orders\.quantity: sql 'CAST\(nope AS INTEGER\)': DuckDB cannot evaluate it: .*nope",
+    ),
+    (
+        "aggregate sql column",
+        lambda m, d: _set(m, "tables.orders.columns.quantity", {"sql": "count(*)"}),
+        r"^orders\.quantity: sql 'count\(\*\)' gives 1 rows for 3 source rows",
+    ),
+    (
+        "failing filter",
+        lambda m, d: _set(m, "tables.orders.filter", "total >< 3"),
+        r"^orders\.filter 'total >< 3': DuckDB cannot evaluate it: Catalog Error",
     ),
     (
         "unknown contract column",

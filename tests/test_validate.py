@@ -55,7 +55,11 @@ def _ts(*args: int) -> datetime:
 
 CASES: dict[str, tuple[Callable[[Tables], None], str, str, int, str]] = {
     # name: (mutation, where, rule, rows, message fragment)
-    "missing required table": (_drop_table("orders"), "orders", "required_table", 0, "required table is missing"),
+    "missing required table": (
+        _drop_table("customers"), "customers", "required_table", 0, "required table is missing"),
+    "neither orders nor subscriptions": (
+        lambda t: [_drop_table(n)(t) for n in ("orders", "subscriptions")] and None,
+        "orders or subscriptions", "required_table", 0, "the lake needs orders or subscriptions"),
     "missing required column": (
         _drop_column("orders", "amount"), "orders.amount", "missing_column", 4, "required column is missing"),
     "wrong type": (
@@ -122,6 +126,11 @@ def test_valid_lake_has_no_problems(tmp_path: Path) -> None:
 
 def test_customers_and_orders_alone_are_a_valid_lake(tmp_path: Path) -> None:
     tables = {k: v for k, v in tiny_tables().items() if k in ("customers", "orders")}
+    assert validate_lake(write_lake(tmp_path / "lake", tables), now=NOW) == []
+
+
+def test_customers_and_subscriptions_alone_are_a_valid_lake(tmp_path: Path) -> None:
+    tables = {k: v for k, v in tiny_tables().items() if k in ("customers", "subscriptions")}
     assert validate_lake(write_lake(tmp_path / "lake", tables), now=NOW) == []
 
 

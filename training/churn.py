@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from crmdata.errors import CrmscoreError
 from crmdata.lake import read_table
 from crmdata.truth import CHURN_FILE, P_CHURN, truth_window_days
 from crmdata.workspace import Workspace
@@ -60,6 +61,9 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.win
     """Train, evaluate, register and gate the churn model of a workspace."""
     if mode == "auto":
         mode = "subscription" if read_table(ws.lake, "subscriptions", ["customer_id"]) is not None else "transactional"
+    if mode == "transactional" and read_table(ws.lake, "orders", ["customer_id"]) is None:
+        raise CrmscoreError(f"transactional churn needs the orders table, which {ws.lake} does not have "
+                            "(a subscription business: use --mode subscription)")
     # Synthetic worlds simulate subscription churn over one window: the oracle compares only there.
     truth = CHURN_FILE if mode == "subscription" and window_days == truth_window_days(ws.lake, "churn") else None
     started = time.perf_counter()
