@@ -157,8 +157,9 @@ def write_feature_store_yaml(ws: Workspace, settings: StoreSettings) -> Path:
     path = ws.feast / FEATURE_STORE_YAML
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "# Written by `crmscore features apply`; use with Feast's CLI from features/:\n"
-        f"#   feast -f {path} ui\n" + yaml.safe_dump(config_dict(ws, settings), sort_keys=False)
+        "# Written by crmscore whenever it applies the repository (`features apply`, `pipeline run`);\n"
+        f"# for Feast's own CLI on this workspace:   feast -f {path} ui\n"
+        + yaml.safe_dump(config_dict(ws, settings), sort_keys=False)
     )
     return path
 
@@ -202,14 +203,17 @@ class ApplySummary(BaseModel):
     feature_views: dict[str, int]
     feature_services: dict[str, list[str]]
     seconds: float
+    #: The resolved feature_store.yaml for Feast's CLI, when ``apply_workspace`` wrote one.
+    feast_config: Path | None = None
 
     def render(self) -> str:
         views = ", ".join(f"{v} ({n} features)" for v, n in self.feature_views.items())
         services = ", ".join(self.feature_services)
-        return (
+        text = (
             f"registered project {self.project} ({self.profile}) in {self.seconds:.1f}s\n"
             f"  views: {views}\n  services: {services}"
         )
+        return text + (f"\n  Feast CLI config: {self.feast_config}" if self.feast_config else "")
 
 
 def apply_repository(
@@ -242,6 +246,21 @@ def apply_repository(
         feature_services=services,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def apply_workspace(
+    store: FeatureStore, ws: Workspace, profile: Profile | str = Profile.LOCAL
+) -> ApplySummary:
+    """``apply_repository`` on a workspace, then its resolved ``feature_store.yaml``.
+
+    Every crmscore command that registers the repository comes through here, so that
+    after any of them (``make demo`` included) Feast's own tools find the workspace:
+    ``feast -f HOME/feast/feature_store.yaml ui``.
+    """
+    chosen = Profile(profile)
+    summary = apply_repository(store, ws.feature_tables, chosen)
+    path = write_feature_store_yaml(ws, StoreSettings(profile=chosen))
+    return summary.model_copy(update={"feast_config": path})
 
 
 #: Catalogue kind -> the Feast type a feature of that kind must be registered with.

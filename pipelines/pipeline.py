@@ -29,7 +29,7 @@ from crmdata.workspace import Workspace
 from features.build import build_features
 from features.grid import snapshot_grid
 from features.materialize import materialize_latest
-from features.store import apply_repository, feature_store
+from features.store import apply_workspace, feature_store
 from pipelines.scoring.job import score_all
 from pipelines.scoring.publish import publish_all
 from pipelines.scoring.table import partitions
@@ -114,8 +114,9 @@ def _features(ctx: Context) -> str:
 
 
 def _apply(ctx: Context) -> str:
-    summary = apply_repository(feature_store(ctx.ws, ctx.profile), ctx.ws.feature_tables, ctx.profile)
-    return f"{len(summary.feature_views)} views, {len(summary.feature_services)} services"
+    summary = apply_workspace(feature_store(ctx.ws, ctx.profile), ctx.ws, ctx.profile)
+    return (f"{len(summary.feature_views)} views, {len(summary.feature_services)} services; "
+            f"Feast CLI config {summary.feast_config}")
 
 
 def _materialize(ctx: Context) -> str:

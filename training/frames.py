@@ -76,14 +76,14 @@ def labelled_frame(ws: Workspace, service: str, labels: pl.DataFrame, profile: s
     """The point-in-time training frame of ``labels`` through ``service``."""
     from feast.errors import FeatureServiceNotFoundException
 
-    from features.store import apply_repository, feature_store
+    from features.store import apply_workspace, feature_store
     from features.training import training_frame
 
     store = feature_store(ws, profile)
     try:
         store.get_feature_service(service)
     except FeatureServiceNotFoundException:  # not applied yet in this workspace: register it now
-        apply_repository(store, ws.feature_tables, profile)
+        apply_workspace(store, ws, profile)
     return training_frame(store, service, labels)
 
 

@@ -129,8 +129,15 @@ class _WithoutLibraryNotices:
 
     def __call__(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: TextIO | None = None, line: str | None = None) -> None:
-        if not issubclass(category, LIBRARY_NOTICES):
+        if not _is_library_notice(category):
             self.show(message, category, filename, lineno, file, line)
+
+
+def _is_library_notice(category: type[Warning]) -> bool:
+    # Some libraries give deprecations a class of their own outside DeprecationWarning so
+    # that Python's default filters show them (FastAPI's FastAPIDeprecationWarning is a
+    # UserWarning, raised when `crmscore features ui` builds Feast's UI app): by name.
+    return issubclass(category, LIBRARY_NOTICES) or category.__name__.endswith("DeprecationWarning")
 
 
 # --- task choices -------------------------------------------------------------------------

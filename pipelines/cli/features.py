@@ -1,4 +1,5 @@
-"""``crmscore features …``: build feature tables, register them with Feast, materialize."""
+"""``crmscore features …``: build feature tables, register them with Feast, materialize, and
+browse them in Feast's UI."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from crmdata.errors import CrmscoreError
 from pipelines.cli.common import console, handle_errors, store_profile, workspace
 
 # The features modules import polars, and Feast (seconds) once a store is opened: inside
@@ -14,7 +16,7 @@ from pipelines.cli.common import console, handle_errors, store_profile, workspac
 
 app = typer.Typer(
     name="features",
-    help="Build point-in-time feature tables, register them with Feast, materialize.",
+    help="Build point-in-time feature tables, register them with Feast, materialize, browse (ui).",
     no_args_is_help=True,
 )
 
@@ -64,20 +66,12 @@ def build(
 @handle_errors
 def apply(profile: ProfileOption = "local") -> None:
     """Register entities, sources, feature views and services (after `features build`)."""
-    from features.store import (
-        StoreSettings,
-        apply_repository,
-        feature_store,
-        write_feature_store_yaml,
-    )
+    from features.store import apply_workspace, feature_store
 
     ws = workspace()
     chosen = store_profile(profile)
-    store = feature_store(ws, chosen)
-    summary = apply_repository(store, ws.feature_tables, chosen)
-    path = write_feature_store_yaml(ws, StoreSettings(profile=chosen))
+    summary = apply_workspace(feature_store(ws, chosen), ws, chosen)
     console.print(summary.render(), highlight=False)
-    console.print(f"  Feast CLI config: {path}", highlight=False)
 
 
 @app.command()
@@ -91,3 +85,27 @@ def materialize(profile: ProfileOption = "local") -> None:
     store = feature_store(ws, store_profile(profile))
     summary = materialize_latest(store, ws.feature_tables)
     console.print(summary.render(), highlight=False)
+
+
+@app.command()
+@handle_errors
+def ui(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8888,
+    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 for every one.")] = "127.0.0.1",
+    profile: ProfileOption = "local",
+) -> None:
+    """Feast's web UI on this workspace's registry: entities, views, services (Ctrl-C stops)."""
+    from features.store import REGISTRY_FILE, Profile, feature_store
+
+    ws = workspace()
+    chosen = store_profile(profile)
+    missing = (f"no feature views registered for {ws.home} ({chosen} profile): "
+               "run `crmscore features apply` or `crmscore pipeline run` first")
+    # Checked before opening the store: Feast creates an empty registry file where it finds none.
+    if chosen == Profile.LOCAL and not (ws.feast / REGISTRY_FILE).exists():
+        raise CrmscoreError(missing)
+    store = feature_store(ws, chosen)
+    if not store.list_feature_views():
+        raise CrmscoreError(missing)
+    console.print(f"Feast UI for {ws.home} on http://{host}:{port} (Ctrl-C stops)", highlight=False)
+    store.serve_ui(host=host, port=port)
