@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 Mode = Literal["auto", "subscription", "transactional"]
 
 
+#: Where derived churn labels come from, per mode (said when there are too few of them).
+CHURN_LABEL_SOURCE = {
+    "subscription": "churn labels come from subscription end dates",
+    "transactional": "churn labels come from orders (a customer who ordered in the year before a cutoff "
+                     "and not in the window after it)",
+}
+
+
 def recency_ticket_rule(frame: pd.DataFrame, mode: str) -> np.ndarray:
     """The rule a CRM team would use without ML: inactivity plus support pain.
 
@@ -79,7 +87,9 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.win
                      label_window_days=window_days, mode=mode)
     task = BinaryTask(spec=spec, segment_column="segment", grading=CHURN.grades,
                       baseline_name="recency/ticket rule", positive_noun="churned customers",
-                      negative_noun="retained customers", min_positives=min_positives)
+                      negative_noun="retained customers", min_positives=min_positives,
+                      label_source=CHURN_LABEL_SOURCE[mode],
+                      advice="bring labels in a churn_labels table (docs/your-data.md)")
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CHURN) if truth else None
     frame_seconds = time.perf_counter() - started
     result = train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,

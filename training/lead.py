@@ -74,7 +74,9 @@ def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0
     spec = ModelSpec(task=LEAD.key, model_name=LEAD.model_name, feature_service=LEAD.feature_service, entity_key=key,
                      features=features, categories={c: [] for c in categorical}, label_window_days=window_days)
     task = BinaryTask(spec=spec, segment_column="source", grading=LEAD.grades, baseline_name="points-based lead score",
-                      positive_noun="converted leads", negative_noun="unconverted leads", min_positives=min_positives)
+                      positive_noun="converted leads", negative_noun="unconverted leads", min_positives=min_positives,
+                      label_source="lead labels come from leads.converted_at of leads open at the cutoff",
+                      advice="bring labels in a lead_labels table (docs/your-data.md)")
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CONVERT) if truth else None
     frame_seconds = time.perf_counter() - started
     result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune, extra_tags={"lake": str(ws.lake)})

@@ -86,6 +86,10 @@ class BinaryTask:
     min_negatives: int = 200
     min_cutoffs: int = 4
     extra_params: dict[str, Any] = field(default_factory=dict)
+    #: Where the labels come from, for a too-little-data error ("churn labels come from
+    #: subscription end dates"), and what the user can do about it.
+    label_source: str = ""
+    advice: str = ""
 
 
 class TrainResult(BaseModel):
@@ -105,22 +109,34 @@ class TrainResult(BaseModel):
 
 def check_minimum_data(frame: pd.DataFrame, task: BinaryTask) -> None:
     """Refuse to train on too little evidence, saying what is missing and how much."""
+    advice = f"; {task.advice}" if task.advice else ""
     cutoffs = frame[CUTOFF].nunique()
     if cutoffs < task.min_cutoffs:
         raise CrmscoreError(
-            f"need ≥ {task.min_cutoffs} cutoffs with labels (train, validation, holdout), found {cutoffs}"
+            f"need ≥ {task.min_cutoffs} cutoffs with labels (train, validation, holdout), found {cutoffs}{advice}"
         )
     last_two = sorted(frame[CUTOFF].unique())[-2:]
     train = frame[~frame[CUTOFF].isin(last_two)]
     positives = int(train[LABEL].sum())
     negatives = int(len(train) - positives)
+
+    def why(found: int) -> str:
+        # What was counted and where: the label's source and the windows it was looked for in.
+        stamps = sorted(pd.to_datetime(train[CUTOFF].unique(), utc=True))
+        where = (f"the {task.spec.label_window_days}-day windows after the cutoffs "
+                 f"{stamps[0]:%Y-%m-%d} … {stamps[-1]:%Y-%m-%d}") if stamps else "the training cutoffs"
+        source = f"{task.label_source}, and " if task.label_source else ""
+        return f": {source}{'none' if found == 0 else f'only {found}'} fall inside {where}{advice}"
+
     if positives < task.min_positives:
         raise CrmscoreError(
             f"need ≥ {task.min_positives} {task.positive_noun} in the training cutoffs, found {positives}"
+            + why(positives)
         )
     if negatives < task.min_negatives:
         raise CrmscoreError(
             f"need ≥ {task.min_negatives} {task.negative_noun} in the training cutoffs, found {negatives}"
+            + why(negatives)
         )
     for fold, cutoff in zip(("validation", "holdout"), last_two, strict=True):
         labels = frame.loc[frame[CUTOFF] == cutoff, LABEL]
