@@ -58,6 +58,17 @@ def test_train_log_register_gate_both_ways_and_serve(world: Path, mlflow_store: 
     tags = client.get_model_version(MODEL_NAME, third.version).tags
     assert tags["gate_decision"] == "kept" and tags["headline_metric"] == "ndcg_at_10"
     assert tags["headline_value"] == f"{third.metrics['overall']['ndcg_at_10']:.4f}" and tags["cutoff"]
+    # What MLflow's UI shows: the version's one line, and the run's inputs (orders before the cutoff).
+    description = client.get_model_version(MODEL_NAME, third.version).description
+    assert description.startswith(f"NDCG@10 {third.metrics['overall']['ndcg_at_10']:.4f} (popularity ")
+    assert description.endswith("; kept as challenger") and "\n" not in description
+    inputs = {i.dataset.name: (i.dataset, {t.key: t.value for t in i.tags})
+              for i in client.get_run(third.run_id).inputs.dataset_inputs}
+    dataset, input_tags = inputs["customer × product interactions"]
+    assert dataset.source_type == "local" and "orders.parquet" in dataset.source
+    assert input_tags["mlflow.data.context"] == "training" and int(input_tags["rows"]) > 0
+    assert input_tags["cutoffs"] == f"orders before {tags['cutoff'][:10]}"
+    assert inputs["purchases in the test window"][1]["mlflow.data.context"] == "holdout"
     assert client.get_run(third.run_id).data.tags["promoted"] == "false"
 
     # Metrics: every k and every policy, on the same rows; the model beats popularity here.

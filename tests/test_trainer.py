@@ -158,3 +158,40 @@ def test_gate_refuses_to_compare_another_target(mlflow_store: Path) -> None:
     other = BinaryTask(**{**other.__dict__, "spec": other.spec.model_copy(update={"mode": "transactional"})})
     result = train_binary(other, frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
     assert not result.promoted and "predicts another target (subscription mode, 90 days)" in result.reason
+
+
+def test_mlflow_ui_sees_a_training_experiment_its_inputs_and_a_described_version(
+    mlflow_store: Path, tmp_path: Path
+) -> None:
+    from training.registry import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, configure_mlflow
+    from training.trainer import fingerprint
+
+    client = configure_mlflow()
+    # An experiment from before the kind was set: training gives it the kind too.
+    client.create_experiment(MODEL)
+    frame, p = make_frame(n=1500)
+    features = tmp_path / "features"
+    result = train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p, source=features)
+
+    experiment = client.get_experiment_by_name(MODEL)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND == "custom_model_development"
+    inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i
+              for i in client.get_run(result.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "holdout"}
+    stamps = sorted(frame[CUTOFF].unique())
+    folds = {"training": frame[frame[CUTOFF].isin(stamps[:3])], "validation": frame[frame[CUTOFF] == stamps[3]],
+             "holdout": frame[frame[CUTOFF] == stamps[4]]}
+    for context, fold in folds.items():
+        dataset, tags = inputs[context].dataset, {t.key: t.value for t in inputs[context].tags}
+        assert dataset.name == "churn_v1" and dataset.source_type == "local"
+        assert str(features) in dataset.source
+        assert dataset.digest == fingerprint(fold)  # a hash of every row, not a sample
+        assert '"num_rows": ' + str(len(fold)) in dataset.profile and tags["rows"] == str(len(fold))
+    assert {t.key: t.value for t in inputs["training"].tags}["cutoffs"] == "2024-01-01 … 2024-07-01 (3)"
+    assert {t.key: t.value for t in inputs["holdout"].tags}["cutoffs"] == "2024-12-30"
+
+    version = client.get_model_version(MODEL, result.version)
+    overall = result.metrics["overall"]
+    assert version.description.startswith(f"ROC-AUC {overall['roc_auc']:.4f} (baseline ")
+    assert "on 1,500 holdout rows (2024-12-30)" in version.description
+    assert version.description.endswith("; promoted to champion") and "\n" not in version.description

@@ -93,6 +93,6 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.win
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CHURN) if truth else None
     frame_seconds = time.perf_counter() - started
     result = train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
-                          extra_tags={"lake": str(ws.lake)})
+                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake)})
     result.seconds["frame"] = frame_seconds
     return result

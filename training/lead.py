@@ -79,6 +79,7 @@ def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0
                       advice="bring labels in a lead_labels table (docs/your-data.md)")
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CONVERT) if truth else None
     frame_seconds = time.perf_counter() - started
-    result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune, extra_tags={"lake": str(ws.lake)})
+    result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune,
+                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake)})
     result.seconds["frame"] = frame_seconds
     return result

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: The experiment tag MLflow's UI reads to choose an experiment's view; without it the UI
+#: guesses, and opened ours in the GenAI view (traces, token usage: all empty). Values from
+#: the UI's ExperimentKind (mlflow/server/js): ours is classic model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def configure_mlflow() -> MlflowClient:
@@ -47,7 +52,7 @@ def configure_mlflow() -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """Use (creating if needed) the experiment ``name``; returns its id.
+    """Use (creating if needed) the experiment ``name``, of the model-training kind; returns its id.
 
     With a local SQLite store the artifacts go beside the database (``mlflow/artifacts``)
     rather than into ``./mlruns`` of whatever directory the command ran in.
@@ -55,13 +60,17 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         experiment_id = existing.experiment_id
+        # Experiments created before the kind was set get it on their next run.
+        if existing.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     else:
         uri = mlflow_tracking_uri()
         location = None
         if uri.startswith("sqlite:///"):
             root = Path(uri.removeprefix("sqlite:///")).absolute().parent / "artifacts" / name
             location = root.as_uri()
-        experiment_id = client.create_experiment(name, artifact_location=location)
+        experiment_id = client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -115,12 +124,14 @@ class Registration:
 
 def register_and_gate(client: MlflowClient, model_name: str, model_uri: str, headline: tuple[str, float],
                       gate: Callable[[], tuple[bool, str]],
-                      version_tags: Mapping[str, str] | None = None) -> Registration:
+                      version_tags: Mapping[str, str] | None = None, description: str = "") -> Registration:
     """Register a logged model as the challenger, ask the gate, record its answer, promote on yes.
 
     Every trainer ends this way, so every version carries the same tags: the
     headline metric (``crmscore models list`` shows it), the gate's decision and
-    reason. The version is registered before the gate runs so that a challenger the
+    reason; and one line of description (the registry UI's column): ``description``,
+    the trainer's headline metrics, and what the gate decided. The version is
+    registered before the gate runs so that a challenger the
     gate keeps, or a gate that fails, still leaves a version a person can promote.
     Call it inside the training run: the decision is also tagged on the run.
     """
@@ -132,6 +143,9 @@ def register_and_gate(client: MlflowClient, model_name: str, model_uri: str, hea
     promoted, reason = gate()
     client.set_model_version_tag(model_name, version, "gate_decision", "promoted" if promoted else "kept")
     client.set_model_version_tag(model_name, version, "gate_reason", reason)
+    decision = "promoted to champion" if promoted else "kept as challenger"
+    client.update_model_version(model_name, version,
+                                description=f"{description}; {decision}" if description else decision)
     mlflow.set_tags({"promoted": str(promoted).lower(), "promotion_reason": reason})
     if promoted:
         promote(client, model_name, version, reason, by="gate")

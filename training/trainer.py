@@ -28,7 +28,7 @@ from mlflow.models import infer_signature
 from pydantic import BaseModel
 
 from crmdata.errors import CrmscoreError
-from training import plots
+from training import inputs, plots
 from training.calibration import Calibrator, Grading
 from training.metrics import evaluate, flatten
 from training.model import (
@@ -246,8 +246,11 @@ def gate(client: MlflowClient, spec: ModelSpec, holdout: pd.DataFrame, y: np.nda
 
 def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, oracle: np.ndarray | None,
                  params: dict[str, Any] | None = None, tune_trials: int = 0,
-                 extra_tags: dict[str, str] | None = None) -> TrainResult:
+                 extra_tags: dict[str, str] | None = None, source: Path | None = None) -> TrainResult:
     """Fit, calibrate, evaluate, log, register and (maybe) promote one model.
+
+    ``source`` is where ``frame`` was read from (the workspace's feature tables), for
+    the run's logged inputs.
 
     ``baseline`` is the non-ML rule's score in (0, 1) for every row of ``frame``;
     ``oracle`` the true probability (synthetic worlds) or None.
@@ -296,6 +299,9 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
                            "label_window_days": spec.label_window_days,
                            "train_rows": len(train), "valid_rows": len(valid), "holdout_rows": len(holdout),
                            "holdout_cutoff": str(holdout[CUTOFF].iloc[0])})
+        for context, fold in (("training", train), ("validation", valid), ("holdout", holdout)):
+            inputs.log_frame(fold, name=spec.feature_service, context=context, source=source,
+                             digest=fingerprint(fold), target=LABEL, cutoff_column=CUTOFF)
         mlflow.log_metrics(flatten(metrics))
         mlflow.log_metrics(flatten(base_metrics, prefix="baseline."))
         if oracle_metrics:
@@ -331,8 +337,13 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
             return gate(client, spec, holdout, y_hold, metrics["overall"],
                         lambda v: load_model(spec.model_name, version=v, client=client))
 
+        overall, base = metrics["overall"], base_metrics["overall"]
+        description = (f"ROC-AUC {overall['roc_auc']:.4f} (baseline {base['roc_auc']:.4f}), "
+                       f"PR-AUC {overall['pr_auc']:.4f}, log loss {overall['log_loss']:.4f}, "
+                       f"ECE {overall['ece']:.4f} on {len(holdout):,} holdout rows "
+                       f"({inputs.cutoff_span(holdout[CUTOFF])})")
         registration = register_and_gate(client, spec.model_name, info.model_uri,
-                                         ("roc_auc", metrics["overall"]["roc_auc"]), champion_gate)
+                                         ("roc_auc", overall["roc_auc"]), champion_gate, description=description)
         timings["total_in_run"] = time.perf_counter() - started
         mlflow.log_metrics({f"seconds.{k}": v for k, v in timings.items()})
 

@@ -190,6 +190,8 @@ def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime |
     import matplotlib.pyplot as plt
     import mlflow
 
+    from crmdata.lake import table_path
+    from training import inputs
     from training.metrics import flatten
     from training.nbp import report
     from training.registry import configure_mlflow, ensure_experiment, git_commit, register_and_gate
@@ -245,6 +247,15 @@ def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime |
                 "git_commit": git_commit(), "baseline": "popularity; segment popularity",
                 "oracle": "true affinities" if oracle else "none (not a synthetic world)", **(extra_tags or {}),
             })
+            # The factors learn from the orders before the cutoff; the test is the window after it.
+            inputs.log_reference(name="customer × product interactions", context="training",
+                                 source=table_path(lake, "orders"), digest=fingerprint(split.train.confidence),
+                                 rows=int(split.train.confidence.nnz),
+                                 cutoffs=f"orders before {split.cutoff:%Y-%m-%d}")
+            inputs.log_reference(name="purchases in the test window", context="holdout",
+                                 source=table_path(lake, "orders"), digest=fingerprint(split.relevant),
+                                 rows=int(split.test_rows.size),
+                                 cutoffs=f"{split.cutoff:%Y-%m-%d} + {window_days} days")
             mlflow.log_table(table, "metrics_table.json")
             mlflow.log_text(table.to_csv(index=False), "metrics_table.csv")
             fig = report.plot_metrics_by_k(curves)
@@ -260,9 +271,14 @@ def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime |
                 "cold start": f"{int(evaluation.cold.sum())} test customers with < {p.min_orders} orders",
             }
             mlflow.log_text(report.model_card(summary, table, metrics), "model_card.md")
-            registration = register_and_gate(client, MODEL_NAME, info.model_uri,
-                                             (HEADLINE, metrics["overall"][HEADLINE]), gate,
-                                             version_tags={"cutoff": split.cutoff.isoformat()})
+            overall = metrics["overall"]
+            description = (f"NDCG@10 {overall[HEADLINE]:.4f} (popularity {baseline['overall'][HEADLINE]:.4f}), "
+                           f"recall@10 {overall['recall_at_10']:.4f}, hit rate@10 {overall['hit_rate_at_10']:.4f} "
+                           f"on {split.test_rows.size:,} test customers (orders before {split.cutoff:%Y-%m-%d}, "
+                           f"bought in the next {window_days} days)")
+            registration = register_and_gate(client, MODEL_NAME, info.model_uri, (HEADLINE, overall[HEADLINE]),
+                                             gate, version_tags={"cutoff": split.cutoff.isoformat()},
+                                             description=description)
         timings = clock.total()
         mlflow.log_metrics({f"seconds.{k}": v for k, v in timings.items()})
 
