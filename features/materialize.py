@@ -266,12 +266,13 @@ def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
     keep = [True] * len(keys)
     if not oc.skip_dedup:
         with client.pipeline(transaction=False) as pipe:
-            command = pipe.execute_command  # pipe.hmget(k, ts_key), minus its wrapper
+            command = pipe.execute_command  # pipe.hmget(k, ts_key, *fields), minus its wrapper
             for k in keys:
-                command("HMGET", k, ts_key)
-            previous = [r[0] for r in pipe.execute()]
+                command("HMGET", k, ts_key, *fields)
+            replies = pipe.execute()
         parsed: dict[bytes, int] = {}
-        for i, prev in enumerate(previous):
+        for i, reply in enumerate(replies):
+            prev = reply[0]
             if not prev:
                 continue
             if prev not in parsed:
@@ -279,7 +280,11 @@ def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
                 proto.ParseFromString(prev)
                 parsed[prev] = nanos(proto)
             seen = parsed[prev]
-            keep[i] = not (seen and stamps[i][1] <= seen)
+            # Feast's rule (newest event time wins), except that a stored row of the same
+            # time with fields missing is rewritten whole: materialize repairs partial rows
+            # (a partial row is never "already written").
+            complete = all(v is not None for v in reply[1:])
+            keep[i] = not (seen and (stamps[i][1] < seen or (stamps[i][1] == seen and complete)))
     with client.pipeline(transaction=False) as pipe:
         # pipe.hset(k, mapping={ts_key: ts, field: value, ...}) sends exactly
         # HSET k ts_key ts field value ...; the arguments are built flat here.

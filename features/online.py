@@ -92,6 +92,10 @@ class OnlineResult:
     columns: dict[str, Any]
     n: int
     freshness: dict[str, ViewFreshness] = field(default_factory=dict)
+    #: Per row: the features with no stored value although the row's view has a row (a
+    #: partial row: fields deleted or never written). Empty when complete; a stored null
+    #: is a value. The SDK path (``fast=False``) cannot tell and leaves this empty.
+    absent: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def found(self) -> list[bool]:
@@ -219,25 +223,33 @@ def _read_fast(
     n = len(next(iter(rows.values())))
     columns: dict[str, Any] = dict(rows)
     freshness: dict[str, ViewFreshness] = {}
+    absent: list[list[str]] = [[] for _ in range(n)]
     for view in plan.views:
         # Read each distinct key once (a recommendation request repeats the customer).
         ids = list(zip(*(rows[k] for k in view.join_keys), strict=True))
         position: dict[tuple[str, ...], int] = {}
         where = [position.setdefault(i, len(position)) for i in ids]
-        stamps, grid = view.read(list(position))
+        stamps, grid, stored = view.read(list(position))
         if len(position) < n:
-            stamps, grid = [stamps[i] for i in where], grid[where]
+            stamps, grid, stored = [stamps[i] for i in where], grid[where], stored[where]
         for j, f in enumerate(view.features):
             columns[f] = grid[:, j]
+        # A row that exists but lacks fields is partial: scoring it would treat the missing
+        # features as "unknown" and answer as if complete. Usually no row is partial.
+        found = np.fromiter((ts is not None for ts in stamps), dtype=bool, count=n)
+        for i in np.flatnonzero(found & ~stored.all(axis=1)):
+            absent[i] += [f for f, ok in zip(view.features, stored[i], strict=True) if not ok]
         freshness[view.name] = _freshness(view, stamps, now)
-    return OnlineResult(service=plan.service, columns=columns, n=n, freshness=freshness)
+    return OnlineResult(service=plan.service, columns=columns, n=n, freshness=freshness,
+                        absent=[tuple(a) for a in absent])
 
 
 # --- readers: the online store's read, minus the per-call Python ----------------------
 #
 # A reader takes distinct entity-id tuples and returns, per id, the event time of the
-# stored row (None: no row) and a 2-D object grid of Python values, one row per id and
-# one column per requested feature (None where missing). A batch of 100 customers is
+# stored row (None: no row), a 2-D object grid of Python values, one row per id and
+# one column per requested feature (None where missing), and a boolean grid of the same
+# shape: was a value stored for that cell (a stored null counts; a deleted field does not). A batch of 100 customers is
 # 3,700 stored values: they are decoded and placed with C-level maps and one numpy
 # assignment, not a Python loop per value.
 
@@ -245,7 +257,7 @@ def _read_fast(
 #: codec's caches).
 _STAMPS: dict[Any, datetime | None] = {}
 
-Reader = Callable[[list[tuple[str, ...]]], tuple[list[datetime | None], np.ndarray]]
+Reader = Callable[[list[tuple[str, ...]]], tuple[list[datetime | None], np.ndarray, np.ndarray]]
 
 
 def _reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...], features: tuple[str, ...]) -> Reader:
@@ -310,25 +322,28 @@ def _sqlite_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple
                 _STAMPS[memo] = ts
         return ts
 
-    def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray]:
+    def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray, np.ndarray]:
         keys = entity_keys(join_keys, ids, version)
         # Each row comes back with its key's position in the request (a small int) instead
         # of the 40-byte key, so it lands in its grid row without a lookup by key.
         sql = (f"WITH q(i, k) AS (VALUES {','.join(['(?, ?)'] * len(keys))}) "
                f"SELECT q.i, t.feature_name, t.value, t.event_ts FROM q JOIN {table} t ON t.entity_key = q.k")
         grid = np.full((len(keys), width + 1), None, dtype=object)
+        stored = np.zeros((len(keys), width + 1), dtype=bool)
         stamps: list[datetime | None] = [None] * len(keys)
         found = conn().execute(sql, [v for pair in enumerate(keys) for v in pair]).fetchall()
         if found:
             rows, names, blobs, times = zip(*found, strict=True)
-            grid[rows, list(map(column_of.__getitem__, names))] = decode_values(blobs)
+            cells = list(map(column_of.__getitem__, names))
+            grid[rows, cells] = decode_values(blobs)
+            stored[rows, cells] = True
             # Feast keeps the last row's time (all rows of an entity share it): so does dict().
             for i, raw in dict(zip(rows, times, strict=True)).items():
                 stamps[i] = stamp(raw)
             for i, ts in enumerate(stamps):
                 if ts is None:  # no usable time: Feast answers no row
                     grid[i] = None
-        return stamps, grid[:, :width]
+        return stamps, grid[:, :width], stored[:, :width]
 
     return read
 
@@ -366,7 +381,7 @@ def _redis_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple[
 
     state: dict[str, Any] = {}
 
-    def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray]:
+    def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray, np.ndarray]:
         keys = [k + project for k in entity_keys(join_keys, ids, version)]
         if "client" not in state:
             state["client"] = _fail_fast_client(online, config.online_store)
@@ -375,11 +390,13 @@ def _redis_reader(store: FeatureStore, online: Any, view: Any, join_keys: tuple[
                 pipe.hmget(key, fields)
             replies = pipe.execute()
         stamps = [stamp(reply[width]) for reply in replies]
-        grid = decode_values(list(chain.from_iterable(replies))).reshape(len(keys), width + 1)
+        flat = list(chain.from_iterable(replies))
+        grid = decode_values(flat).reshape(len(keys), width + 1)
+        stored = np.fromiter((v is not None for v in flat), dtype=bool, count=len(flat)).reshape(len(keys), width + 1)
         for i, ts in enumerate(stamps):
             if ts is None:
                 grid[i] = None
-        return stamps, grid[:, :width]
+        return stamps, grid[:, :width], stored[:, :width]
 
     return read
 
@@ -408,7 +425,7 @@ def _provider_reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...],
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
     from feast.type_map import feast_value_type_to_python_type
 
-    def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray]:
+    def read(ids: list[tuple[str, ...]]) -> tuple[list[datetime | None], np.ndarray, np.ndarray]:
         keys = [
             EntityKeyProto(join_keys=list(join_keys), entity_values=[ValueProto(string_val=v) for v in values])
             for values in ids
@@ -418,6 +435,7 @@ def _provider_reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...],
         )
         stamps: list[datetime | None] = []
         grid = np.full((len(keys), len(features)), None, dtype=object)
+        stored = np.zeros((len(keys), len(features)), dtype=bool)
         for i, (ts, data) in enumerate(result):
             # Redis-like stores answer a missing key with the epoch as timestamp.
             if not data or ts is None or ts.timestamp() <= 0:
@@ -426,7 +444,8 @@ def _provider_reader(store: FeatureStore, view: Any, join_keys: tuple[str, ...],
             stamps.append(None if ts is None else as_utc(ts))
             for j, f in enumerate(features):
                 grid[i, j] = python_value(data.get(f), feast_value_type_to_python_type)
-        return stamps, grid
+                stored[i, j] = f in data
+        return stamps, grid, stored
 
     return read
 
@@ -452,4 +471,4 @@ def _read_sdk(
             found = first is not None and seconds > 0
             stamps.append(datetime.fromtimestamp(seconds, UTC) if found else None)
         freshness[view.name] = _freshness(view, stamps, now)
-    return OnlineResult(service=plan.service, columns=columns, n=n, freshness=freshness)
+    return OnlineResult(service=plan.service, columns=columns, n=n, freshness=freshness, absent=[()] * n)

@@ -5,14 +5,23 @@ stored only as SHA-256 hashes (a fast hash is enough for random tokens: there
 is no password to brute-force) in ``HOME/keys/api_keys.json``, or the file named
 by ``CRMSCORE_KEYS_FILE``. The guard is an ASGI middleware:
 
+* only the service's routes exist: any other path is a 404 and a wrong method a
+  405 (so no redirect is ever built from the ``Host`` header, as Starlette does
+  for a trailing slash);
 * health, metrics and the OpenAPI docs stay open;
 * ``/admin/*`` needs an ``admin`` key, every other path a ``score`` or ``admin`` key:
-  401 without a valid ``Authorization: Bearer <key>``, 403 with the wrong scope;
+  401 without a valid ``Authorization: Bearer <key>``, 403 with the wrong scope,
+  400 with more than one ``Authorization`` header;
 * API calls must be ``application/json`` (so none of BentoML's file, multipart,
-  URL-download or pickle paths is reachable) and at most ``max_body_bytes``.
+  URL-download or pickle paths is reachable) and at most ``max_body_bytes``;
+* the body is validated against the route's request model here, so an invalid
+  one is a 400 in the one error schema (``serving.schemas.ErrorResponse``) and a
+  single log line of counts and kinds: BentoML would log the traceback, whose
+  messages name the keys a client sent.
 
-Nothing here logs a key or a header: a rejected call is logged by path and
-reason only.
+Every answer here has the ``ErrorResponse`` body. Nothing here logs a key, a
+header or any part of a body: a rejected call is logged by path (control
+characters escaped) and reason only.
 """
 
 from __future__ import annotations
@@ -24,12 +33,14 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from crmdata.errors import CrmscoreError
 
@@ -44,6 +55,8 @@ KEY_PREFIX = "crm_"
 #: Paths anyone may call: probes, Prometheus and the API docs.
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/schema.json", "/"})
 OPEN_PREFIXES = ("/static_content/", "/assets/")
+#: The open paths are read with GET (HEAD too, for probes that use it).
+OPEN_METHODS = frozenset({"GET", "HEAD"})
 ADMIN_PREFIX = "/admin/"
 #: How often the guard looks at the key file's mtime (keys created later apply without a restart).
 RECHECK_SECONDS = 2.0
@@ -145,6 +158,38 @@ class KeyRing:
         return len(self._scopes)
 
 
+def escape(text: str, limit: int = 200) -> str:
+    """``text`` safe for a log line: control characters as escapes (no forged lines, no
+    terminal sequences), cut to ``limit`` characters."""
+    cut = text[:limit]
+    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+    return safe + ("..." if len(text) > limit else "")
+
+
+def safe_errors(exc: ValidationError, known: frozenset[str]) -> list[dict[str, Any]]:
+    """Pydantic's errors without anything the client made up: locations keep field names
+    of the schema (``known``) and list positions, any other key (an unknown field, a
+    custom attribute's name) reads ``*``; messages are pydantic's, which never quote the
+    input of a model with ``hide_input_in_errors``."""
+    return [{"loc": [x if isinstance(x, int) or x in known else "*" for x in e["loc"]],
+             "type": e["type"], "msg": e["msg"]} for e in exc.errors(include_input=False, include_url=False,
+                                                                    include_context=False)]
+
+
+def field_names(model: type[BaseModel]) -> frozenset[str]:
+    """Every field name of ``model`` and of the models inside it."""
+    names: set[str] = set()
+    pending: list[Any] = [model.model_json_schema()]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            names.update(node.get("properties", {}))
+            pending += node.values()
+        elif isinstance(node, list):
+            pending += node
+    return frozenset(names)
+
+
 def required_scope(path: str) -> KeyScope | None:
     """None for open paths, else the scope a key needs."""
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
@@ -160,23 +205,45 @@ class ApiGuard:
     key file and ``max_body_bytes`` to ``$CRMSCORE_MAX_BODY_BYTES`` or 1 MiB.
     """
 
-    def __init__(self, app: Scope, keys_path: Path | None = None, max_body_bytes: int | None = None) -> None:
+    def __init__(self, app: Scope, keys_path: Path | None = None, max_body_bytes: int | None = None,
+                 routes: Mapping[str, type[BaseModel]] | None = None) -> None:
         from crmdata.workspace import Workspace
+        from serving.schemas import API_ROUTES
 
         self.app = app
         self.keys = KeyRing(keys_path or keys_file(Workspace.from_env().keys))
         self.max_body_bytes = max_body_bytes or int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY_BYTES)
+        #: POST path -> its request model.
+        self.routes = API_ROUTES if routes is None else routes
+        self._known = {path: field_names(m) for path, m in self.routes.items()}
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        method = scope.get("method", "GET")
+        if path.startswith(OPEN_PREFIXES):  # the docs UI's files
+            await self.app(scope, receive, send)
+            return
+        allowed = OPEN_METHODS if path in OPEN_PATHS else frozenset({"POST"}) if path in self.routes else None
+        if allowed is None:
+            await _reply(send, 404, "no such endpoint; see /docs.json")
+            return
+        if method not in allowed:
+            await _reply(send, 405, f"use {' or '.join(sorted(allowed))} on this endpoint",
+                         {b"allow": ", ".join(sorted(allowed)).encode()})
+            return
         needed = required_scope(path)
         if needed is None:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
+            # Proxies and frameworks disagree on which of several wins: refuse to guess.
+            log.info("400 %s: more than one Authorization header", path)
+            await _reply(send, 400, "send exactly one Authorization header")
+            return
         key = _bearer(headers.get(b"authorization"))
         if key is None:
             log.info("401 %s: no bearer key", path)
@@ -206,6 +273,15 @@ class ApiGuard:
             body, complete = await _read_body(receive, self.max_body_bytes)
             if not complete:
                 await _reply(send, 413, f"request body larger than {self.max_body_bytes} bytes")
+                return
+            try:
+                self.routes[path].model_validate_json(body or b"{}")  # as BentoML does, for an empty body too
+            except ValidationError as exc:
+                errors = safe_errors(exc, self._known[path])
+                kinds = sorted({e["type"] for e in errors})
+                log.info("400 %s: %d validation error(s) in %d bytes: %s", path, len(errors), len(body),
+                         ", ".join(kinds))
+                await _reply(send, 400, f"{len(errors)} validation error(s) in the request body", detail=errors)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
@@ -248,8 +324,9 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-async def _reply(send: Any, status: int, message: str, extra: dict[bytes, bytes] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+async def _reply(send: Any, status: int, message: str, extra: dict[bytes, bytes] | None = None,
+                 detail: list[dict[str, Any]] | None = None) -> None:
+    body = json.dumps({"error": message, "detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += list((extra or {}).items())
     await send({"type": "http.response.start", "status": status, "headers": headers})

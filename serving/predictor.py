@@ -24,11 +24,11 @@ from pydantic import BaseModel, Field
 from crmdata.errors import CrmscoreError
 from crmdata.times import as_utc
 from crmdata.workspace import Workspace
-from features.catalog import ATTRIBUTE_PREFIX, JOIN_KEYS, VIEW_NAMES, attribute_column
+from features.catalog import ATTRIBUTE_PREFIX, JOIN_KEYS, VIEW_NAMES, attribute_column, table_file
 from features.new_lead import ATTRIBUTES, new_lead_row
 from features.store import Profile
 from serving.champions import Champions, Loaded, Slot
-from serving.online import OnlineReader, Rows, StoreUnavailable
+from serving.online import PROBE_ID, Breaker, OnlineReader, Rows, StoreUnavailable
 from serving.schemas import (
     ChurnRisk,
     ChurnRiskRequest,
@@ -62,8 +62,13 @@ PROJECT_ENV = "CRMSCORE_FEAST_PROJECT"
 MODELS_ENV = "CRMSCORE_SERVE_MODELS"
 RELOAD_ENV = "CRMSCORE_RELOAD_SECONDS"
 AS_OF_ENV = "CRMSCORE_AS_OF"
-#: How long a good store probe is trusted by /readyz (probes run on every poll by Kubernetes).
-PROBE_TTL_SECONDS = 1.0
+#: How often the readiness prober reads the store (and how long its verdict is trusted
+#: when no prober runs): /readyz answers from the last verdict at once, turns red within
+#: a probe interval plus the store deadline of a stall, and green within the breaker's
+#: open time plus an interval of recovery.
+PROBE_INTERVAL_SECONDS = 0.5
+#: Entity ids per view the readiness probe reads to see that the data is there.
+WITNESSES = 8
 
 
 class Unavailable(Exception):
@@ -72,6 +77,15 @@ class Unavailable(Exception):
 
 class BadRequest(Exception):
     """Input the schemas accept but the model cannot use (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The last readiness verdict: ready, and if not, why (one line per problem)."""
+
+    ready: bool
+    reasons: list[str]
+    checked_at: float  # time.monotonic()
 
 
 class ServingSettings(BaseModel):
@@ -118,6 +132,27 @@ def resolve_as_of(value: str | None, ws: Workspace) -> datetime | None:
     return as_utc(parsed)
 
 
+def _snapshot_ids(ws: Workspace, join_key: str) -> list[str]:
+    """Up to ``WITNESSES`` ids of ``join_key``'s entity at the newest snapshot of the feature
+    tables: what materialize put in the online store. Empty without feature tables (a
+    serving-only deployment): the probe then learns ids from requests."""
+    import polars as pl
+
+    entity = next((e for e, key in JOIN_KEYS.items() if key == join_key), None)
+    path = ws.feature_tables / table_file(entity) if entity else None
+    if path is None or not path.exists():
+        return []
+    try:
+        frame = pl.scan_parquet(path).select(join_key, "event_timestamp")
+        newest = frame.select(pl.col("event_timestamp").max()).collect().item()
+        ids = frame.filter(pl.col("event_timestamp") == newest).select(join_key).head(WITNESSES).collect()
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        log.warning("readiness: no known %s ids (%s); learning them from requests", join_key,
+                    exc.__class__.__name__)
+        return []
+    return [str(i) for i in ids[join_key].to_list()]
+
+
 @dataclass(frozen=True)
 class BinaryBundle:
     scorer: BinaryScorer
@@ -150,10 +185,17 @@ class Predictor:
             task = TASKS[key]
             load = self._binary_loader(task.model_name) if task.scorer == "binary" else self._load_nbp
             slots.append(Slot(task.model_name, load))
+        #: One breaker for the online store: every reader shares it, so a stall seen by one
+        #: model's reads fails the others' fast too.
+        self.breaker = Breaker()
+        #: Per feature service: ids known to be in the online store (see ``_witnesses``).
+        self._witnesses: dict[str, list[str]] = {}
         self.champions = Champions(self.client, slots)
         self._store_ok: bool | None = None
-        self._probed_at = 0.0
         self._store_lock = threading.Lock()
+        self._readiness = Readiness(False, ["not checked yet"], float("-inf"))
+        self._stop_probing = threading.Event()
+        self._prober: threading.Thread | None = None
         started = time.perf_counter()
         self.champions.refresh()
         log.info("predictor ready in %.1fs: %s (profile %s, freshness against %s)", time.perf_counter() - started,
@@ -169,7 +211,7 @@ class Predictor:
 
             self._pin_registry()
             model = load_model(name, version=version, client=self.client)
-            reader = OnlineReader(self.store, model.spec.feature_service)
+            reader = OnlineReader(self.store, model.spec.feature_service, breaker=self.breaker)
             missing = [f for f in model.spec.features if f not in reader.features]
             if missing:
                 # A champion that needs features the store does not serve would answer NaN for
@@ -191,7 +233,8 @@ class Predictor:
         # The NBP feature service is keyed by (customer, product); the customer's half is read
         # with one anchor product (any: its product row is not used).
         reader = OnlineReader(self.store, NBP.feature_service, views=[VIEW_NAMES["customer"]],
-                              fixed_keys={JOIN_KEYS["product"]: str(recommender.product_ids[0])})
+                              fixed_keys={JOIN_KEYS["product"]: str(recommender.product_ids[0])},
+                              breaker=self.breaker)
         return Loaded(NBP.model_name, version, self.champions.alias, NbpBundle(recommender, reader))
 
     def _pin_registry(self) -> None:
@@ -215,30 +258,100 @@ class Predictor:
 
     def close(self) -> None:
         self.champions.stop()
+        self._stop_probing.set()
+        if self._prober is not None:
+            self._prober.join(timeout=5)
+        self.breaker.close()
 
     # --- health ---------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Every champion loaded and the online store answering (probed at most once a second)."""
-        if not self.champions.ready():
-            return False
-        if self._store_ok and time.monotonic() - self._probed_at < PROBE_TTL_SECONDS:
-            return True
-        current = next(s.current for s in self.champions.slots.values() if s.current is not None)
-        try:
-            current.value.reader.probe()
-        except StoreUnavailable:
-            self._mark_store(False)
-            return False
-        self._mark_store(True)
-        return True
+        return self.readiness().ready
+
+    def readiness(self) -> Readiness:
+        """Every champion loaded, the online store answering and each served view's data
+        there and within its TTL. With the prober running this is its last verdict (never
+        waits on the store); without, a verdict older than a probe interval is renewed here."""
+        if self._prober is None and time.monotonic() - self._readiness.checked_at >= PROBE_INTERVAL_SECONDS:
+            self._readiness = self._check()
+        return self._readiness
+
+    def start_probing(self) -> None:
+        """Check readiness every ``PROBE_INTERVAL_SECONDS`` on a daemon thread (the server does)."""
+        if self._prober is not None:
+            return
+
+        def loop() -> None:
+            while True:
+                try:
+                    self._readiness = self._check()
+                except Exception:  # a bug here must not leave /readyz frozen on an old verdict
+                    log.exception("readiness probe failed")
+                    self._readiness = Readiness(False, ["readiness probe failed"], time.monotonic())
+                if self._stop_probing.wait(PROBE_INTERVAL_SECONDS):
+                    return
+
+        self._readiness = self._check()
+        self._prober = threading.Thread(target=loop, name="readiness-probe", daemon=True)
+        self._prober.start()
+
+    def _check(self) -> Readiness:
+        reasons = [f"{s.name}: {s.error or 'not loaded'}" for s in self.champions.slots.values() if s.current is None]
+        readers: dict[str, OnlineReader] = {}
+        for slot in self.champions.slots.values():
+            if slot.current is not None:
+                reader: OnlineReader = slot.current.value.reader
+                readers.setdefault(reader.service, reader)
+        for reader in readers.values():
+            try:
+                reasons += self._data_problems(reader)
+            except StoreUnavailable as exc:
+                self._mark_store(False)
+                reasons.append(str(exc))
+                break  # one store: the other services would say the same
+        else:
+            if readers:
+                self._mark_store(True)
+        return Readiness(not reasons, reasons, time.monotonic())
+
+    def _data_problems(self, reader: OnlineReader) -> list[str]:
+        """Read a few ids known to be materialized: a view with none of them has no rows
+        (an emptied or restarted store); one whose rows are all older than the TTL holds an
+        old snapshot. With no known ids yet, only that the store answers."""
+        witnesses = self._witnesses_of(reader)
+        rows = reader.read(witnesses or [PROBE_ID], self.now())
+        if not witnesses:
+            return []
+        problems = []
+        for view, fresh in rows.freshness.items():
+            ages = [a for a, found in zip(fresh.age_seconds, fresh.found, strict=True) if found and a is not None]
+            if not ages:
+                problems.append(f"{view}: no rows in the online store (none of {len(witnesses)} materialized "
+                                f"ids found); run `crmscore features materialize`")
+            elif fresh.ttl_seconds is not None and min(ages) > fresh.ttl_seconds:
+                problems.append(f"{view}: newest snapshot is {min(ages) / 86_400:.1f} days old, older than "
+                                f"its TTL of {fresh.ttl_seconds / 86_400:g} days")
+        return problems
+
+    def _witnesses_of(self, reader: OnlineReader) -> list[str]:
+        """Ids of the reader's entity in the newest snapshot of the feature tables (when the
+        workspace has them), else ids a request found in the store."""
+        known = self._witnesses.get(reader.service)
+        if known is None:
+            known = self._witnesses[reader.service] = _snapshot_ids(self.ws, reader.join_key)
+        return known
+
+    def _learn_witnesses(self, reader: OnlineReader, rows: Rows) -> None:
+        if self._witnesses.get(reader.service):
+            return
+        self._witnesses[reader.service] = [i for i, ok, stale in zip(rows.ids, rows.found, rows.stale, strict=True)
+                                           if ok and not stale][:WITNESSES]
 
     def _mark_store(self, ok: bool) -> None:
         with self._store_lock:
             if ok != self._store_ok:
                 (log.info if ok else log.error)("online store %s", "answering" if ok else "unavailable")
             self._store_ok = ok
-            self._probed_at = time.monotonic()
 
     def now(self) -> datetime:
         return self.settings.as_of or datetime.now(UTC)
@@ -251,6 +364,7 @@ class Predictor:
             raise Unavailable(f"{exc}; retry shortly") from None
         if not self._store_ok:
             self._mark_store(True)
+        self._learn_witnesses(reader, rows)
         return rows
 
     def _champion(self, name: str) -> Loaded[Any]:
@@ -285,6 +399,7 @@ class Predictor:
         features = list(bundle.scorer.spec.features)
         values: dict[str, list[Any]] = {f: [None] * n for f in features}
         found, stale = [True] * n, [False] * n
+        absent: list[tuple[str, ...]] = [()] * n
         ages: list[float | None] = [0.0] * n
         defaulted: list[list[str] | None] = [None] * n
         why_not: list[str | None] = [None] * n  # a new lead given by attributes is open by definition
@@ -298,22 +413,27 @@ class Predictor:
             stored_why_not = _why_not(LEAD, bundle, rows.values, rows.found)
             for j, i in enumerate(known):
                 found[i], stale[i], ages[i] = rows.found[j], rows.stale[j], rows.age_seconds[j]
+                absent[i] = rows.absent[j]
                 why_not[i] = stored_why_not[j]
         now = self.now()
+        categorical = frozenset(bundle.scorer.spec.categories)
+        notes: list[str | None] = [None] * n
         for i, lead in enumerate(request.leads):
             if lead.attributes is None:
                 continue
-            row, defaulted[i] = new_lead_features(lead.attributes, features, now, index=i)
+            row, defaulted[i], notes[i] = new_lead_features(lead.attributes, features, now, index=i,
+                                                            categorical=categorical)
             for f in features:
                 values[f][i] = row[f]
         scored = bundle.scorer.score(values, n, request.explain)
-        rows_view = Rows(ids=[], values=values, found=found, age_seconds=ages, stale=stale)
+        rows_view = Rows(ids=[], values=values, found=found, age_seconds=ages, stale=stale, absent=absent,
+                         freshness={})
         results = []
         for i, lead in enumerate(request.leads):
             fields = _scored_fields(scored, rows_view, i, request.explain, why_not[i])
             if lead.attributes is not None:
                 # Scored from the request alone: no stored history, so it is a cold start.
-                fields.update(cold_start=True, stale=False, feature_age_seconds=0.0)
+                fields.update(cold_start=True, stale=False, feature_age_seconds=0.0, detail=notes[i])
             results.append(LeadScore(lead_id=lead.lead_id,
                                      grade=scored.grade[i] if fields["status"] in SCORED else None,
                                      defaulted=defaulted[i], **fields))
@@ -333,15 +453,20 @@ class Predictor:
         answers = rec.recommend(ids, k=request.k, exclude=list(request.exclude) or None, segments=segments or None)
         results = []
         for i, answer in enumerate(answers):
-            if not known[i] and not rows.found[i]:
+            detail = None
+            if not rows.found[i]:
+                # No stored row: the customer is not (or no longer) in the online store, even if
+                # the model saw them in training. Never "ok" without the features.
                 status, items = "not_found", []
+            elif rows.absent[i]:
+                status, items, detail = "incomplete_features", [], _missing(rows.absent[i])
             else:
-                status = "stale_features" if answer.cold_start and rows.stale[i] else "ok"
+                status = "stale_features" if rows.stale[i] else "ok"
                 items = [ProductRecommendation(product_id=r.product_id, score=r.score, reason=r.reason,
                                                reason_product_id=r.reason_product_id) for r in answer.items]
-            results.append(CustomerProducts(customer_id=ids[i], status=status, items=items,
+            results.append(CustomerProducts(customer_id=ids[i], status=status, detail=detail, items=items,
                                             feature_age_seconds=rows.age_seconds[i], stale=rows.stale[i],
-                                            cold_start=bool(answer.cold_start) and status != "not_found"))
+                                            cold_start=bool(answer.cold_start) and status in SCORED))
         return NextBestProductsResponse(model=_info(loaded), results=results)
 
 
@@ -360,9 +485,19 @@ def _why_not(task: Task, bundle: BinaryBundle, values: Any, found: list[bool]) -
     return [r if ok else None for r, ok in zip(reasons, found, strict=True)]
 
 
+def _missing(absent: Sequence[str]) -> str:
+    shown = ", ".join(absent[:10])
+    return f"no stored value for {len(absent)} feature(s): {shown}{', ...' if len(absent) > 10 else ''}"
+
+
 def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool, why_not: str | None = None) -> dict[str, Any]:
     if not rows.found[i]:
         return {"status": "not_found", "stale": True, "cold_start": False, "feature_age_seconds": None}
+    if rows.absent[i]:
+        # A partial row (fields deleted or never written): scoring it would treat the missing
+        # features as unknown and answer as if complete.
+        return {"status": "incomplete_features", "detail": _missing(rows.absent[i]), "stale": rows.stale[i],
+                "cold_start": False, "feature_age_seconds": rows.age_seconds[i]}
     if why_not is not None:
         # Outside the model's population: a probability here would be an answer to a question
         # the model was never trained on (e.g. churn of a customer with nothing to cancel).
@@ -386,14 +521,25 @@ def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool, why_not: s
 
 # --- brand-new leads -------------------------------------------------------------------
 
-def new_lead_features(lead: NewLead, features: list[str], now: datetime, index: int = 0) -> tuple[dict[str, Any], list[str]]:
-    """The model's feature row of a lead that is not in the store (``features.new_lead``), and
-    the features that were defaulted. An unknown custom attribute is a ``BadRequest``."""
+def new_lead_features(lead: NewLead, features: list[str], now: datetime, index: int = 0,
+                      categorical: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[str], str | None]:
+    """The model's feature row of a lead that is not in the store (``features.new_lead``), the
+    features that were defaulted and, if a custom attribute had the wrong kind (text for a
+    numeric feature, a number for a ``categorical`` one), a note naming it: its value is
+    dropped and defaulted, never read as "unknown" silently. An unknown custom attribute
+    is a ``BadRequest``."""
     unknown = [name for name in lead.custom if attribute_column(name) not in features]
     if unknown:
         known = sorted(f.removeprefix(ATTRIBUTE_PREFIX) for f in features if f.startswith(ATTRIBUTE_PREFIX))
         raise BadRequest(f"leads[{index}].attributes.custom: the model has no custom attribute "
                          f"{unknown[0]!r} (it knows: {', '.join(known) or 'none'})")
+    wrong = sorted(name for name, value in lead.custom.items()
+                   if isinstance(value, str) != (attribute_column(name) in categorical))
+    custom = {name: value for name, value in lead.custom.items() if name not in wrong}
     attributes = {a: getattr(lead, a) for a in ATTRIBUTES}
-    values, given = new_lead_row(attributes, lead.custom, lead.created_at, now)
-    return {f: values.get(f) for f in features}, [f for f in features if f not in given]
+    values, given = new_lead_row(attributes, custom, lead.created_at, now)
+    note = None
+    if wrong:
+        note = "custom attributes of the wrong kind, defaulted: " + ", ".join(
+            f"{name} (expected {'text' if attribute_column(name) in categorical else 'a number'})" for name in wrong)
+    return {f: values.get(f) for f in features}, [f for f in features if f not in given], note

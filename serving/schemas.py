@@ -1,17 +1,18 @@
 """Request and response schemas of the prediction service (the API contract).
 
-Every request model forbids unknown fields and hides input values from its
-validation errors, because BentoML logs validation failures with their
-traceback: an error must never copy what a client sent (ids, attributes) into
-the logs. Lists are bounded (1–1,000 ids), numbers must be finite, and ids are
+Every request model forbids unknown fields, is strict (``"10"`` is not an
+integer, ``0`` is not a boolean) and hides input values from its validation
+errors. Lists are bounded (1–1,000 ids), numbers must be finite, and ids are
 short printable strings, so malformed input is a 400 with a message before any
-model or store is touched.
+model or store is touched. The guard (``serving.auth``) validates request
+bodies against these models itself and answers with ``ErrorResponse``, the one
+error body of every 4xx and 503, so no client input reaches a log or an error.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -26,17 +27,41 @@ EntityId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Status = Literal["ok", "not_found", "stale_features", "not_eligible"]
+Status = Literal["ok", "not_found", "stale_features", "not_eligible", "incomplete_features"]
 CompanySize = Literal[COMPANY_SIZES]  # type: ignore[valid-type]
 JobSeniority = Literal[JOB_SENIORITIES]  # type: ignore[valid-type]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False, strict=True)
 
 
 class _Response(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+class ErrorItem(_Response):
+    """One validation problem: where (field names and list positions only, never a key
+    the client made up: those read ``*``), its kind and a message without the input."""
+
+    loc: list[str | int]
+    type: str
+    msg: str
+
+
+class ErrorResponse(_Response):
+    """The body of every 400, 401, 403, 404, 405, 413, 415 and 503."""
+
+    error: str = Field(description="what went wrong, in one sentence")
+    detail: list[ErrorItem] | None = Field(None, description="400 on invalid input: each problem")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": "1 validation error in the request body",
+         "detail": [{"loc": ["next_best_products", "k"], "type": "less_than_equal",
+                     "msg": "Input should be less than or equal to 50"}]}]})
 
 
 # --- what every answer carries -------------------------------------------------------
@@ -68,11 +93,13 @@ class _Scored(_Response):
         description="ok | not_found (no online features: nothing scored) | "
         "stale_features (scored, but the features are older than their TTL) | "
         "not_eligible (outside the model's population, e.g. no active subscription or a closed "
-        "lead: nothing scored, `detail` says why)"
+        "lead: nothing scored, `detail` says why) | incomplete_features (the stored row lacks "
+        "features, `detail` names them: nothing scored)"
     )
     detail: str | None = Field(
         None, description="not_eligible: why the entity is outside the population, e.g. "
-        "'no active subscription' or 'lead closed: lost on 2022-09-07'"
+        "'no active subscription' or 'lead closed: lost on 2022-09-07'; incomplete_features: "
+        "the missing features; a new lead: custom attributes of the wrong type (defaulted)"
     )
     probability: float | None = Field(None, description="calibrated probability")
     score: int | None = Field(None, ge=1, le=99)
@@ -125,25 +152,43 @@ class NewLead(_Request):
     industry: Label | None = None
     company_size: CompanySize | None = None
     job_seniority: JobSeniority | None = None
-    created_at: AwareDatetime | None = Field(None, description="default: now")
+    # Not strict: JSON has no datetime type, an ISO 8601 string with its offset is the value.
+    created_at: AwareDatetime | None = Field(None, strict=False, description="default: now")
     custom: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")], float | Label] = Field(
         default_factory=dict,
         max_length=64,
-        description="the lake's declared custom lead attributes, by name (without attr_)",
+        description="the lake's declared custom lead attributes, by name (without attr_); a value "
+        "of the wrong kind (text for a number or the reverse) is defaulted and named in `detail`",
+        json_schema_extra={"additionalProperties": False},
     )
+
+
+def _lead_one_of(schema: dict[str, Any]) -> None:
+    # The rule the validator below enforces, in the published schema: exactly one of the
+    # two keys, and neither may be null.
+    for prop in schema["properties"].values():
+        alternatives = [a for a in prop.pop("anyOf", []) if a.get("type") != "null"]
+        if alternatives:
+            prop.update(alternatives[0])
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": ["lead_id"]}, {"required": ["attributes"]}]
+    schema["example"] = {"lead_id": "L0000042"}  # (OpenAPI 3.0: one example; BentoML knows no "examples")
 
 
 class LeadInput(_Request):
     """Either ``lead_id`` (features from the online store) or ``attributes`` (a new lead)."""
 
+    model_config = ConfigDict(json_schema_extra=_lead_one_of)
+
     lead_id: EntityId | None = None
     attributes: NewLead | None = None
 
-    @model_validator(mode="after")
-    def _one_of(self) -> LeadInput:
-        if (self.lead_id is None) == (self.attributes is None):
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data: Any) -> Any:
+        if isinstance(data, dict) and sum(k in data for k in ("lead_id", "attributes")) != 1:
             raise ValueError("give either lead_id or attributes, not both or neither")
-        return self
+        return data
 
 
 class LeadScoreRequest(_Request):
@@ -184,6 +229,7 @@ class ProductRecommendation(_Response):
 class CustomerProducts(_Response):
     customer_id: str
     status: Status
+    detail: str | None = Field(None, description="incomplete_features: the missing features")
     items: list[ProductRecommendation]
     feature_age_seconds: float | None = None
     stale: bool
@@ -210,3 +256,18 @@ class ReloadResponse(_Response):
     changed: list[str] = Field(description="models whose champion was swapped in by this call")
     models: list[LoadedModel]
 
+
+
+class NoInput(_Request):
+    """The admin calls take no input: an empty body or ``{}``."""
+
+
+#: Every POST route of the service and the model its body must satisfy (the guard
+#: validates it before BentoML sees it).
+API_ROUTES: dict[str, type[_Request]] = {
+    "/churn_risk": ChurnRiskRequest,
+    "/lead_score": LeadScoreRequest,
+    "/next_best_products": NextBestProductsRequest,
+    "/admin/reload": NoInput,
+    "/admin/models": NoInput,
+}

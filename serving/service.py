@@ -6,26 +6,30 @@ BentoML defines the class at import; everything heavy (champions from the
 MLflow registry, the Feast store) loads once in ``__init__``, in the server
 worker. The methods are a thin layer over ``serving.predictor.Predictor``:
 they turn its ``Unavailable``/``BadRequest`` into a 503/400 with a message.
-BentoML itself answers malformed JSON and schema violations with a 400, and
-provides ``/healthz``, ``/readyz`` (which asks ``__is_ready__``), ``/metrics``
-(Prometheus) and ``/docs.json`` (OpenAPI). ``serving.auth.ApiGuard`` checks
-API keys, content type and body size before any of it.
+BentoML provides ``/healthz``, ``/metrics`` (Prometheus) and ``/docs.json``
+(OpenAPI, which ``ServiceEndpoints`` corrects with ``serving.openapi``);
+``ServiceEndpoints`` answers ``/readyz`` itself, from the predictor's last
+readiness verdict, with the reasons in the body. ``serving.auth.ApiGuard``
+checks routes, API keys, content type, body size and the body's schema before
+any of it. Log lines pass ``EscapeControl``: no client-made text in a path or a
+message can forge a line or send terminal escapes.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, MutableMapping
+from typing import Any, TypeVar
 
 import bentoml
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
-from serving.auth import ApiGuard
+from serving.auth import ApiGuard, escape
 from serving.schemas import (
     ChurnRiskRequest,
     ChurnRiskResponse,
@@ -44,6 +48,64 @@ FULL_GC_EVERY = 100
 Req = TypeVar("Req", bound=BaseModel)
 Resp = TypeVar("Resp", bound=BaseModel)
 
+#: The predictor of this worker process, for ``ServiceEndpoints`` (set by ``CrmScoring``).
+_PREDICTOR: Any = None
+
+
+class EscapeControl(logging.Filter):
+    """Escape control characters in every log message (an access-log line carries the
+    request path as the client sent it: ``%0a`` would start a forged line, ``%1b`` a
+    terminal escape). Tracebacks are formatted separately and are not touched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.isprintable():
+            record.msg, record.args = escape(message, limit=2000), None
+        return True
+
+
+def install_log_filter() -> None:
+    """Put ``EscapeControl`` on every handler the server configured (root, BentoML's, ours)."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if not any(isinstance(f, EscapeControl) for f in handler.filters):
+                handler.addFilter(EscapeControl())
+
+
+class ServiceEndpoints:
+    """ASGI middleware for the two open documents BentoML gets wrong for this service:
+    ``GET /readyz`` (the predictor's last verdict at once, with its reasons, instead of
+    waiting on ``__is_ready__`` in a thread) and ``GET /docs.json`` (corrected by
+    ``serving.openapi.patch_openapi``, built once)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._docs: bytes | None = None
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
+            if scope["path"] == "/readyz" and _PREDICTOR is not None:
+                verdict = _PREDICTOR.readiness()
+                await _send_json(send, 200 if verdict.ready else 503,
+                                 {"ready": verdict.ready, "reasons": verdict.reasons})
+                return
+            if scope["path"] == "/docs.json":
+                if self._docs is None:
+                    from serving.openapi import patch_openapi
+
+                    self._docs = json.dumps(patch_openapi(CrmScoring.openapi_spec.asdict())).encode()
+                await _send_json(send, 200, self._docs)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any] | bytes) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
 
 @bentoml.service(
     name="crmscore",
@@ -61,11 +123,15 @@ class CrmScoring:
     def __init__(self) -> None:
         from serving.predictor import Predictor, ServingSettings
 
+        global _PREDICTOR
         # BentoML's server logging keeps the root at WARNING; the service's own lines
         # (versions loaded, swaps, store outages) are INFO.
         logging.getLogger("serving").setLevel(os.environ.get("CRMSCORE_LOG_LEVEL", "INFO").upper())
+        install_log_filter()
         settings = ServingSettings.from_env()
         self.predictor = Predictor(settings)
+        self.predictor.start_probing()
+        _PREDICTOR = self.predictor
         # Feast, MLflow and pandas leave ~450k long-lived objects behind; every full
         # collection walked all of them (a 100-300 ms pause in the p99 of requests that
         # allocate a lot, such as a batch with reasons). They live as long as the process.
@@ -116,7 +182,9 @@ class CrmScoring:
         try:
             response = call(request)
         except Unavailable as exc:
-            log.warning("%s: 503 %s", endpoint, exc)
+            # Per request at DEBUG: under an outage every call is one; the store's going away and
+            # coming back are logged once each by the predictor.
+            log.debug("%s: 503 %s", endpoint, exc)
             return JSONResponse({"error": str(exc)}, status_code=503)
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -131,4 +199,7 @@ class CrmScoring:
         return response
 
 
+# Added first, so it is the outer one: it answers two open GET paths itself and hands
+# everything else to the guard.
+CrmScoring.add_asgi_middleware(ServiceEndpoints)
 CrmScoring.add_asgi_middleware(ApiGuard)

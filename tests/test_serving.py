@@ -183,7 +183,7 @@ def test_next_best_products(http: Http, serving_world: ServingWorld) -> None:
         assert all(item["reason"] for item in r["items"])
         scores = [item["score"] for item in r["items"]]
         assert scores == sorted(scores, reverse=True)
-    assert results[5] == {"customer_id": "C-nobody", "status": "not_found", "items": [],
+    assert results[5] == {"customer_id": "C-nobody", "status": "not_found", "detail": None, "items": [],
                           "feature_age_seconds": None, "stale": True, "cold_start": False}
     top = [r["items"][0]["product_id"] for r in results[:5]]
     again = http.post("/next_best_products", {"customer_ids": ids, "k": 3, "exclude": top}).json()["results"]
@@ -229,7 +229,8 @@ def test_security_status_codes_and_open_endpoints(http: Http) -> None:
         "Authorization": f"Bearer {http.score_key}", "Content-Type": "application/vnd.bentoml+pickle"})
     assert pickle.status_code == 415
     for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
-        assert http.client.get(path).status_code == 200, path
+        response = http.client.get(path)
+        assert response.status_code == 200, (path, response.text)
     # (the metrics' content needs the server's multiprocess registry: test_serving_e2e.py checks it)
     docs = http.client.get("/docs.json").json()
     assert {"/churn_risk", "/lead_score", "/next_best_products"} <= set(docs["paths"])
@@ -310,13 +311,23 @@ def test_store_outage_is_a_503_and_readyz_recovers_by_itself(http: Http, serving
         response = http.post(path, payload)
         assert response.status_code == 503, response.text
         assert "online store unavailable" in response.json()["error"]
-    time.sleep(1.1)  # past the readiness probe's cache
-    assert http.client.get("/readyz").status_code == 503
+    assert _readyz_within(http, 503, seconds=2.0)["ready"] is False
     assert http.client.get("/healthz").status_code == 200  # alive, just not ready
 
     monkeypatch.setattr(features.online, "read_online", real)
-    assert http.client.get("/readyz").status_code == 200
+    assert _readyz_within(http, 200, seconds=5.0) == {"ready": True, "reasons": []}
     assert http.post("/churn_risk", body).status_code == 200
+
+
+def _readyz_within(http: Http, status: int, seconds: float) -> dict[str, Any]:
+    """/readyz's body once it answers ``status`` (the prober's verdict moves every 0.5 s)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = http.client.get("/readyz")
+        if response.status_code == status or time.monotonic() > deadline:
+            assert response.status_code == status, response.text
+            return response.json()
+        time.sleep(0.05)
 
 
 def test_a_model_without_champion_is_a_503_and_not_ready(serving_world: ServingWorld, tmp_path: Path,
@@ -441,3 +452,106 @@ def test_logs_never_carry_pii_or_keys(http: Http, serving_world: ServingWorld,
         assert secret not in text
     for value in serving_world.pii:
         assert value not in text, "a customer's name, email or phone reached the logs"
+
+
+# --- never "ok" without the features; hostile input -------------------------------------------
+
+
+def test_a_partial_row_is_incomplete_features_and_an_empty_store_is_never_ok(
+        serving_world: ServingWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a copy of the SQLite online store: delete some fields of one customer and every
+    row of another; neither may be answered "ok"; materialize rewrites the partial row."""
+    import shutil
+
+    from crmdata.workspace import Workspace
+    from features.materialize import materialize_latest
+    from features.store import feature_store
+    from serving.predictor import Predictor, ServingSettings
+    from serving.schemas import ChurnRiskRequest, NextBestProductsRequest
+
+    home = tmp_path / "home"
+    shutil.copytree(serving_world.ws.home, home, ignore=shutil.ignore_patterns("mlflow"))
+    _env(monkeypatch, serving_world, tmp_path / "k.json", CRMSCORE_HOME=str(home), CRMSCORE_SERVE_MODELS="churn,nbp")
+    store = feature_store(Workspace(home))
+    predictor = Predictor(ServingSettings.from_env(), store=store)
+    partial, gone, fine = serving_world.customer_ids[:3]
+    db = next((home / "feast").rglob("online_store.db"), None) or next(home.rglob("*.db"))
+    table = next(t for (t,) in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")
+                 if t.endswith("customer_features"))
+    from features.codec import entity_keys
+
+    version = store.config.entity_key_serialization_version
+    key_partial, key_gone = entity_keys(("customer_id",), [(partial,), (gone,)], version)
+    with sqlite3.connect(db) as conn:
+        names = [n for (n,) in conn.execute(f'select feature_name from "{table}" where entity_key = ? limit 5',
+                                            (key_partial,))]
+        conn.execute(f'delete from "{table}" where entity_key = ? and feature_name in ({",".join("?" * 5)})',
+                     (key_partial, *names))
+        conn.execute(f'delete from "{table}" where entity_key = ?', (key_gone,))
+
+    churn = predictor.churn_risk(ChurnRiskRequest(customer_ids=[partial, gone, fine])).results
+    assert churn[0].status == "incomplete_features" and churn[0].probability is None
+    assert all(n in (churn[0].detail or "") for n in names)
+    assert churn[1].status == "not_found" and churn[2].status == "ok"
+    nbp = predictor.next_best_products(NextBestProductsRequest(customer_ids=[partial, gone, fine])).results
+    assert [r.status for r in nbp] == ["incomplete_features", "not_found", "ok"]
+    assert nbp[0].items == [] and nbp[1].items == [] and nbp[1].cold_start is False
+
+    materialize_latest(store, Workspace(home).feature_tables)
+    again = predictor.churn_risk(ChurnRiskRequest(customer_ids=[partial, gone])).results
+    assert [r.status for r in again] == ["ok", "ok"]
+    predictor.close()
+
+
+def test_hostile_input_gets_the_error_schema_and_stays_out_of_the_logs(
+        http: Http, serving_world: ServingWorld, caplog: pytest.LogCaptureFixture) -> None:
+    from serving.schemas import ErrorResponse
+
+    caplog.set_level(logging.DEBUG)
+    email, name = serving_world.pii[len(serving_world.pii) // 3], serving_world.pii[0]
+    auth = {"Authorization": f"Bearer {http.score_key}"}
+    hostile = [
+        ("/churn_risk", {"customer_ids": ["C1"], http.score_key: 1}),
+        ("/lead_score", {"leads": [{"attributes": {"custom": {email: 1, name: "x"}}}]}),
+        ("/churn_risk", {"customer_ids": ["C1"], "explain": 0}),
+        ("/next_best_products", {"customer_ids": ["C1"], "k": "10"}),
+        ("/next_best_products", {"customer_ids": ["C1"], "k": True}),
+        ("/lead_score", {"leads": [{}]}),
+    ]
+    for path, body in hostile:
+        response = http.client.post(path, json=body, headers=auth)
+        assert response.status_code == 400, (path, response.text)
+        error = ErrorResponse.model_validate(response.json())
+        assert error.detail and http.score_key not in response.text and email not in response.text
+    two = http.client.post("/churn_risk", json={"customer_ids": ["C1"]},
+                           headers=[("Authorization", "Bearer nope"), ("Authorization", auth["Authorization"])])
+    assert two.status_code == 400
+    for path, status in (("/churn_risk/", 404), ("/churn_risk%0a2026 [INFO] FORGED%1b[2J", 404), ("/nope", 404)):
+        response = http.client.post(path, json={}, headers={**auth, "Host": "evil.example"},
+                                    follow_redirects=False)
+        assert response.status_code == status and "location" not in response.headers
+        ErrorResponse.model_validate(response.json())
+    assert http.client.get("/churn_risk").status_code == 405
+    wrong_kind = http.post("/lead_score", {"leads": [{"attributes": {"source": "web", "custom": {"x": "lots"}}}]})
+    assert wrong_kind.status_code in (200, 400)  # 400 when the model has no custom attribute x
+    text = caplog.text
+    assert "validation error" in text
+    for secret in (http.score_key, email, name):
+        assert secret not in text
+    # The path is logged, escaped: on its own line, with no raw escape character.
+    assert "\n2026 [INFO] FORGED" not in text and "\x1b" not in text and "FORGED\\x1b[2J" in text
+    assert "Traceback" not in text
+
+
+def test_docs_json_documents_the_errors_and_the_service(http: Http) -> None:
+    from serving.openapi import package_version
+
+    docs = http.client.get("/docs.json").json()
+    assert docs["info"]["title"] == "crmscore" and docs["info"]["version"] == package_version()
+    assert "churn risk" in docs["info"]["description"]
+    for path in ("/churn_risk", "/lead_score", "/next_best_products", "/admin/reload"):
+        operation = docs["paths"][path]["post"]
+        assert {"400", "401", "403", "404", "405", "413", "415", "503"} <= set(map(str, operation["responses"]))
+        assert operation["requestBody"]["content"]["application/json"]["example"] is not None
+    assert docs["components"]["schemas"]["LeadInput"]["oneOf"]
+    assert docs["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]

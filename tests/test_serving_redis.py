@@ -154,7 +154,7 @@ def test_a_redis_that_stops_answering_is_a_503_in_seconds_not_a_hang(
     os.kill(private_redis.proc.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        with pytest.raises(Unavailable, match=r"online store unavailable \(TimeoutError\)"):
+        with pytest.raises(Unavailable, match=r"online store unavailable \(no answer within"):
             predictor.churn_risk(request)
         assert time.monotonic() - started < 5
     finally:

@@ -131,7 +131,8 @@ def test_guard_limits_body_size_and_accepts_json_only(guarded: tuple) -> None:
     for media in ("application/octet-stream", "multipart/form-data; boundary=x", "application/vnd.bentoml+pickle",
                   "text/plain"):
         assert client.post("/churn_risk", content=b"{}", headers={**auth, "Content-Type": media}).status_code == 415
-    ok = client.post("/churn_risk", content=b"{}", headers={**auth, "Content-Type": "application/json; charset=utf-8"})
+    ok = client.post("/churn_risk", content=b'{"customer_ids": ["C1"]}',
+                     headers={**auth, "Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
 
 
@@ -201,12 +202,23 @@ def test_new_lead_features_say_what_was_defaulted() -> None:
     now = datetime(2024, 5, 1, tzinfo=UTC)
     lead = NewLead(source="webinar", company_size="51-200", created_at=now - timedelta(days=3),
                    custom={"score": 12.5})
-    row, defaulted = new_lead_features(lead, LEAD_FEATURES, now)
+    row, defaulted, note = new_lead_features(lead, LEAD_FEATURES, now)
+    assert note is None
     assert row == {"source": "webinar", "country": None, "company_size": "51-200", "company_size_rank": 2,
                    "job_seniority_rank": None, "days_since_created": pytest.approx(3.0), "activities_30d": 0,
                    "days_since_last_activity": None, "engagement_velocity": 0.0, "attr_score": 12.5}
     assert defaulted == ["country", "job_seniority_rank", "activities_30d", "days_since_last_activity",
                          "engagement_velocity"]
+
+
+def test_a_custom_attribute_of_the_wrong_kind_is_defaulted_and_named() -> None:
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    row, defaulted, note = new_lead_features(NewLead(custom={"score": "lots"}), LEAD_FEATURES, now)
+    assert row["attr_score"] is None and "attr_score" in defaulted
+    assert note == "custom attributes of the wrong kind, defaulted: score (expected a number)"
+    _, defaulted, note = new_lead_features(NewLead(custom={"score": 3}), LEAD_FEATURES, now,
+                                           categorical=frozenset({"attr_score"}))
+    assert "attr_score" in defaulted and note is not None and "score (expected text)" in note
 
 
 def test_an_unknown_custom_attribute_is_a_bad_request() -> None:
