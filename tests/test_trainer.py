@@ -131,10 +131,11 @@ def test_minimum_data_errors_say_what_is_missing(mlflow_store: Path) -> None:
         train_binary(task(min_positives=1, min_negatives=5000), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
 
 
-def test_cli_models_list_and_promote(mlflow_store: Path) -> None:
+def test_cli_models_list_and_promote(mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     from pipelines.cli import app
+    from pipelines.cli.common import console
 
     frame, p = make_frame(n=1500)
     first = train_binary(task(), frame, baseline=sigmoid(frame["x1"].to_numpy()), oracle=p)
@@ -143,6 +144,19 @@ def test_cli_models_list_and_promote(mlflow_store: Path) -> None:
     listed = runner.invoke(app, ["models", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     assert '"version": "2"' in listed.output and '"champion"' in listed.output
+    # The table fits an 80-column terminal without breaking a name or a number; --wide adds
+    # the gate's reason, whole, on its row.
+    monkeypatch.setattr(console, "width", 80)
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, listed.output
+    for result in (first, second):
+        row = next(line for line in lines if line.lstrip().startswith(f"{MODEL} ") and f" {result.version} " in line)
+        assert f"roc_auc {result.metrics['overall']['roc_auc']:.4f}" in row, listed.output
+    wide = runner.invoke(app, ["models", "list", "--wide"])
+    assert wide.exit_code == 0, wide.output
+    assert any(second.reason in line for line in wide.output.splitlines()), wide.output
     promoted = runner.invoke(app, ["promote", MODEL, second.version, "--reason", "test"])
     assert promoted.exit_code == 0, promoted.output
     assert str(MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version) == second.version

@@ -50,8 +50,10 @@ def pipeline_run(
         typer.echo(records_json(records))
         return
     table = Table(title=f"pipeline: {source.describe()}")
-    for header in ("step", "status", "seconds", "detail"):
-        table.add_column(header, overflow="fold")
+    # Short columns are never broken (80-column terminals); the detail wraps between words.
+    for header in ("step", "status", "seconds"):
+        table.add_column(header, no_wrap=True, justify="right" if header == "seconds" else "left")
+    table.add_column("detail", overflow="fold")
     for r in records:
         table.add_row(r.name, r.status, f"{r.seconds:.1f}", r.detail)
     table.add_row("total", "", f"{sum(r.seconds for r in records):.1f}", "")

@@ -76,8 +76,8 @@ class _RichProgress:
 
 def _summary_table(manifest: RunManifest) -> Table:
     table = Table(title=f"{manifest.task} scores as of {manifest.as_of:%Y-%m-%d}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # wraps between words; a word wider than the column is folded
     table.add_row("model", f"{manifest.model_name} v{manifest.model_version} ({manifest.model_alias or 'by number'})")
     table.add_row("rows", f"{manifest.rows:,} of {manifest.entities:,} entities"
                   + (f" ({manifest.no_features:,} without features: scores null)" if manifest.no_features else ""))
