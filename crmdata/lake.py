@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -124,21 +124,46 @@ def write_tables(directory: Path, tables: dict[str, pl.DataFrame], manifest: Lak
 
 def last_event(lake: Path) -> datetime:
     """The latest timestamp in any table of the lake."""
+    return event_span(lake)[1]
+
+
+def event_span(lake: Path) -> tuple[datetime, datetime]:
+    """The earliest and the latest timestamp in any table of the lake."""
     import duckdb
 
+    first: datetime | None = None
     latest: datetime | None = None
     con = duckdb.connect()
     for name, table in TABLES.items():
         path = table_path(lake, name)
         if not path.exists() or not table.timestamp_columns:
             continue
-        cols = ", ".join(f"max({c})" for c in table.timestamp_columns)
-        (value,) = con.execute(
-            f"SELECT greatest({cols}) FROM read_parquet(?)", [str(path)]
+        low = ", ".join(f"min({c})" for c in table.timestamp_columns)
+        high = ", ".join(f"max({c})" for c in table.timestamp_columns)
+        lo, hi = con.execute(
+            f"SELECT least({low}), greatest({high}) FROM read_parquet(?)", [str(path)]
         ).fetchall()[0]
-        if value is not None:
-            value = as_utc(value)
-            latest = value if latest is None else max(latest, value)
-    if latest is None:
+        if hi is not None:
+            lo, hi = as_utc(lo), as_utc(hi)
+            first = lo if first is None else min(first, lo)
+            latest = hi if latest is None else max(latest, hi)
+    if first is None or latest is None:
         raise CrmscoreError(f"{lake}: the lake has no events to build features from")
-    return latest
+    return first, latest
+
+
+def check_as_of(lake: Path, as_of: datetime, slack: timedelta = timedelta(0)) -> datetime:
+    """``as_of`` (UTC) if the lake has data on both sides of it, else a one-line error.
+
+    ``slack`` lets a date fall that long after the last event (scoring at the grid's
+    newest snapshot, the Monday after the last event, sees every event).
+    """
+    as_of = as_utc(as_of)
+    first, last = event_span(lake)
+    if as_of > last + slack:
+        raise CrmscoreError(f"--as-of {as_of:%Y-%m-%d} is after the data's end: the lake's last event is "
+                            f"{last:%Y-%m-%d}")
+    if as_of <= first:
+        raise CrmscoreError(f"--as-of {as_of:%Y-%m-%d} is before the data's start: the lake's first event is "
+                            f"{first:%Y-%m-%d}")
+    return as_of

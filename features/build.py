@@ -5,7 +5,8 @@ lake at the given snapshot dates (``features/grid.py`` chooses them by default),
 types each result from the catalogue and writes the tables atomically: a rerun
 replaces the directory, never appends. Outputs: ``customer.parquet``,
 ``lead.parquet``, ``product.parquet`` and ``_build.json`` (``BuildSummary``: what
-was built, and which features the lake could not support and why).
+was built, and which features the lake could not support and why). ``add_snapshots``
+adds dates to existing tables without recomputing the snapshots they hold.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class BuildSummary(BaseModel):
     entities: dict[str, EntitySummary]
     seconds: float
     built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    #: The lake manifest's ``created_at``: snapshots added later must come from the same lake.
+    lake_created_at: datetime | None = None
 
     def render(self) -> str:
         lines = [
@@ -96,6 +99,60 @@ def build_features(
     Writes ``out`` atomically (replacing whatever was there) and returns the summary.
     ``as_of`` dates are UTC (naive ones are taken as UTC); duplicates are ignored.
     """
+    frames, summary = _compute(lake, as_of, threads)
+    _write(out, frames, summary)
+    return summary
+
+
+def add_snapshots(
+    lake: Path,
+    out: Path,
+    as_of: Sequence[datetime],
+    *,
+    threads: int | None = None,
+) -> BuildSummary:
+    """Add snapshots at ``as_of`` to the feature tables in ``out``, keeping every existing one.
+
+    Only the new dates are computed; their rows are appended and the tables rewritten
+    atomically. Tables built from another lake (reimported since), or with other
+    columns, cannot be mixed with new rows: then every snapshot is rebuilt from this lake.
+    """
+    wanted = sorted({as_utc(d) for d in as_of})
+    try:
+        existing = read_build_summary(out)
+    except CrmscoreError:
+        return build_features(lake, out, wanted, threads=threads)
+    new = [d for d in wanted if d not in set(existing.as_of)]
+    if not new:
+        log.info("features: every requested snapshot is built already")
+        return existing
+    every = sorted(set(existing.as_of) | set(new))
+    if existing.lake_created_at != read_manifest(lake).created_at or existing.lake != str(lake):
+        log.info("features were built from another lake: rebuilding all %d snapshots", len(every))
+        return build_features(lake, out, every, threads=threads)
+    frames, fresh = _compute(lake, new, threads)
+    merged: dict[str, pl.DataFrame] = {}
+    for entity, frame in frames.items():
+        old = pl.read_parquet(out / table_file(entity))
+        if old.schema != frame.schema:
+            log.info("%s features changed columns since the last build: rebuilding all %d snapshots",
+                     entity, len(every))
+            return build_features(lake, out, every, threads=threads)
+        merged[entity] = pl.concat([old, frame]).sort(EVENT_TIMESTAMP, JOIN_KEYS[entity])
+    entities = {
+        name: ent.model_copy(update={"rows": merged[name].height,
+                                     "entities": merged[name][JOIN_KEYS[name]].n_unique()})
+        for name, ent in fresh.entities.items()
+    }
+    summary = fresh.model_copy(update={"as_of": every, "entities": entities})
+    _write(out, merged, summary)
+    log.info("features: added %d snapshot(s), %d in all", len(new), len(every))
+    return summary
+
+
+def _compute(
+    lake: Path, as_of: Sequence[datetime], threads: int | None
+) -> tuple[dict[str, pl.DataFrame], BuildSummary]:
     started = time.perf_counter()
     snapshots = sorted({as_utc(d) for d in as_of})
     if not snapshots:
@@ -137,12 +194,16 @@ def build_features(
         tables_missing=[t for t in TABLES if t not in present],
         entities=summaries,
         seconds=round(time.perf_counter() - started, 3),
+        lake_created_at=manifest.created_at,
     )
+    return frames, summary
+
+
+def _write(out: Path, frames: dict[str, pl.DataFrame], summary: BuildSummary) -> None:
     with atomic_dir(out) as tmp:
         for entity, frame in frames.items():
             write_feature_table(frame, tmp / table_file(entity))
         (tmp / BUILD_SUMMARY).write_text(summary.model_dump_json(indent=2))
-    return summary
 
 
 def write_feature_table(frame: pl.DataFrame, path: Path) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from crmdata.errors import CrmscoreError
-from crmdata.lake import table_path
+from crmdata.lake import check_as_of, table_path
 from crmdata.workspace import Workspace
 from training.tasks import Task
 
@@ -28,6 +29,14 @@ def train_task(ws: Workspace, task: Task, **options: Any) -> TrainResult:
         # learn next products from.
         raise CrmscoreError(f"{task.title} needs the {' and '.join(missing)} table(s), which {ws.lake} "
                             "does not have (docs/your-data.md says what each model needs)")
+    as_of = options.get("as_of")
+    if as_of is not None:
+        options["as_of"] = as_of = check_as_of(ws.lake, as_of)
+        if task.scorer == "recommender":
+            # The recommender is fitted on orders before its cutoff and evaluated on the window
+            # after it: that window must end by as_of.
+            window = options.get("window_days") or task.window_days
+            options["cutoff"] = as_of - timedelta(days=window)
     train = task.train_function()
     takes = inspect.signature(train).parameters
     data = ws.lake if task.scorer == "recommender" else ws

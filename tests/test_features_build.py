@@ -313,6 +313,29 @@ def test_rerun_replaces_never_duplicates(tmp_path: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".features")]
 
 
+def test_added_snapshots_keep_the_old_ones_and_equal_a_full_build(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    lake = write_lake(tmp_path / "lake")
+    out = tmp_path / "features"
+    build_features(lake, out, [ts(2023, 6, 1), ts(2024, 1, 1)])
+    result = CliRunner().invoke(app, ["features", "build", "--lake", str(lake), "--out", str(out),
+                                      "--add", "2023-09-01,2024-01-01"])
+    assert result.exit_code == 0, result.output
+    assert read_build_summary(out).as_of == [ts(2023, 6, 1), ts(2023, 9, 1), ts(2024, 1, 1)]
+    build_features(lake, tmp_path / "whole", [ts(2023, 6, 1), ts(2023, 9, 1), ts(2024, 1, 1)])
+    for entity in ("customer", "lead", "product"):
+        assert read(out, entity).equals(read(tmp_path / "whole", entity)), entity
+    summary = read_build_summary(out)
+    assert summary.entities["customer"].rows == read(out, "customer").height
+    # Rerun: nothing to add, nothing rewritten.
+    stamp = (out / BUILD_SUMMARY).stat().st_mtime_ns
+    CliRunner().invoke(app, ["features", "build", "--lake", str(lake), "--out", str(out), "--add", "2023-09-01"])
+    assert (out / BUILD_SUMMARY).stat().st_mtime_ns == stamp
+
+
 def test_snapshot_grid_is_deterministic_and_includes_truth_cutoffs(tmp_path: Path) -> None:
     lake = write_lake(tmp_path / "lake")  # last event: order 2024-02-11
     grid = snapshot_grid(lake, periods=3)

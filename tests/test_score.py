@@ -341,3 +341,59 @@ def test_the_local_engine_refuses_spark_tables(ws: Workspace) -> None:
     as_table = dataclasses.replace(plan, views=(dataclasses.replace(plan.views[0], table="warehouse.customers"),))
     with pytest.raises(CrmscoreError, match="score them with --engine spark"):
         read_features_as_of(as_table, pl.DataFrame({"customer_id": ["C1"]}), default_as_of(ws))
+
+
+def test_scoring_as_of_a_date_without_a_snapshot_builds_it_and_names_it(ws: Workspace) -> None:
+    from features.build import read_build_summary
+    from pipelines.cli import app
+
+    before = read_build_summary(ws.feature_tables).as_of
+    date = before[-1] - timedelta(days=3)
+    assert date not in before
+    result = CliRunner().invoke(app, ["score", "churn", "--as-of", f"{date:%Y-%m-%d}", "--no-drift", "--json",
+                                      "--reasons", "none"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout[result.stdout.index("{"):])
+    # The features are those of the date itself, not of the newest snapshot before it.
+    assert out["feature_timestamps"] == [date.isoformat()]
+    assert read_build_summary(ws.feature_tables).as_of == sorted([*before, date])  # nothing dropped
+
+
+def test_entities_without_features_fail_the_run_unless_allowed(ws: Workspace) -> None:
+    from pipelines.scoring.inputs import default_as_of, population
+    from pipelines.scoring.job import score_binary
+    from pipelines.scoring.table import partition_dir
+    from pipelines.scoring.types import ScoreOptions
+    from training.model import load_model
+
+    as_of = default_as_of(ws)
+    model = load_model("crm-churn")
+    pop = population(ws.lake, "churn", as_of, model.spec.mode)
+    ghosts = pl.concat([pop, pl.DataFrame({"customer_id": ["C-ghost"]})])
+    options = ScoreOptions(drift=False, reasons="none")
+    partition = partition_dir(ws.scores, "churn", as_of)  # one per day: earlier tests may have written it
+    before = _listing(partition) if partition.exists() else None
+    with pytest.raises(CrmscoreError, match=rf"^churn as of .*: 1 of {ghosts.height:,} entities have no features "
+                                            r".*--allow-missing"):
+        score_binary(ws, "churn", model, as_of, options, entities=ghosts)
+    assert (_listing(partition) if partition.exists() else None) == before
+    assert not list((ws.scores / ".staging").iterdir())
+    allowed = score_binary(ws, "churn", model, as_of, options.model_copy(update={"allow_missing": True}),
+                           entities=ghosts)
+    assert allowed.rows == ghosts.height and allowed.no_features == 1
+
+
+def test_score_as_of_outside_the_data_is_one_line_and_exit_1(ws: Workspace) -> None:
+    from crmdata.lake import event_span
+    from pipelines.cli import app
+
+    first, last = event_span(ws.lake)
+    late, early = last + timedelta(days=30), first - timedelta(days=1)
+    for date, expected in (
+        (late, f"after the data's end: the lake's last event is {last:%Y-%m-%d}"),
+        (early, f"before the data's start: the lake's first event is {first:%Y-%m-%d}"),
+    ):
+        result = CliRunner().invoke(app, ["score", "churn", "--as-of", f"{date:%Y-%m-%d}"])
+        assert result.exit_code == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: --as-of {date:%Y-%m-%d} is {expected}"], result.stderr

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from crmdata.errors import CrmscoreError
 from crmdata.workspace import Workspace
 from pipelines.train import train_task
+from tests.conftest import contract_frame
 from tests.factories import tiny_tables, write_lake
 from training.tasks import get_task
 
@@ -27,6 +33,17 @@ def test_models_that_need_orders_refuse_a_lake_without_them(tmp_path: Path) -> N
     with pytest.raises(CrmscoreError, match=r"^transactional churn needs the orders table.*--mode subscription"):
         train_task(ws, get_task("churn"), mode="transactional")
     assert not ws.feature_tables.exists()  # refused before building anything
+
+
+def test_training_as_of_a_date_outside_the_data_is_refused(tmp_path: Path) -> None:
+    ws = _subscriptions_only(tmp_path)  # events from 2023-01-05 to 2024-02-10
+    with pytest.raises(CrmscoreError, match=r"^--as-of 2030-01-01 is after the data's end: the lake's last event "
+                                            r"is 2024-02-10$"):
+        train_task(ws, get_task("churn"), as_of=datetime(2030, 1, 1, tzinfo=UTC))
+    with pytest.raises(CrmscoreError, match=r"^--as-of 2022-01-01 is before the data's start: the lake's first "
+                                            r"event is 2023-01-05$"):
+        train_task(ws, get_task("churn"), as_of=datetime(2022, 1, 1, tzinfo=UTC))
+    assert not ws.feature_tables.exists()
 
 
 def test_a_minimum_data_error_says_what_was_counted_where_and_what_to_do() -> None:
@@ -52,3 +69,108 @@ def test_a_minimum_data_error_says_what_was_counted_where_and_what_to_do() -> No
         "end dates, and none fall inside the 90-day windows after the cutoffs 2023-05-29 … 2024-04-01; "
         "bring labels in a churn_labels table (docs/your-data.md)"
     )
+
+
+# --- time travel: what a model trained as of T uses depends on nothing after T ----------------
+
+_START = datetime(2023, 1, 1, tzinfo=UTC)
+_HOURS = st.integers(min_value=24, max_value=700 * 24)
+
+
+def _at(hours: int) -> datetime:
+    return _START + timedelta(hours=hours)
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> tuple[dict[str, pl.DataFrame], datetime]:
+    """Random orders, subscriptions and leads of three customers, and a date T inside them."""
+    tables = tiny_tables()
+    ids = ["C1", "C2"]  # signed up in 2023; C3 signs up in 2024, after some T: the export lacks it
+    orders = [{"order_id": f"O{i}", "customer_id": draw(st.sampled_from(ids)), "product_id": "P2",
+               "ordered_at": _at(draw(_HOURS)) , "quantity": 1, "amount": 1.0} for i in range(draw(st.integers(3, 25)))]
+    subs = []
+    for i in range(draw(st.integers(1, 6))):
+        start = draw(_HOURS)
+        end = draw(st.none() | st.integers(start, 720 * 24))
+        subs.append({"subscription_id": f"S{i}", "customer_id": draw(st.sampled_from(ids)), "plan": "basic",
+                     "monthly_price": 9.0, "started_at": _at(start), "ended_at": None if end is None else _at(end)})
+    leads = []
+    for i in range(draw(st.integers(1, 6))):
+        created = draw(_HOURS)
+        closed = draw(st.none() | st.integers(created, 720 * 24))
+        won = draw(st.booleans())
+        leads.append({"lead_id": f"L{i}", "created_at": _at(created), "source": "web", "country": "US",
+                      "industry": "retail", "company_size": "1-10", "job_seniority": "manager",
+                      "converted_at": _at(closed) if closed is not None and won else None,
+                      "lost_at": _at(closed) if closed is not None and not won else None})
+    tables["orders"] = contract_frame("orders", orders)
+    tables["subscriptions"] = contract_frame("subscriptions", subs)
+    tables["leads"] = contract_frame("leads", leads)
+    tables["lead_activities"] = contract_frame("lead_activities", [
+        {"lead_id": draw(st.sampled_from([r["lead_id"] for r in leads])), "occurred_at": _at(draw(_HOURS)),
+         "type": "web_visit"} for _ in range(draw(st.integers(0, 10)))])
+    as_of = _at(draw(st.integers(120 * 24, 650 * 24)))
+    return tables, as_of
+
+
+def _known_at(tables: dict[str, pl.DataFrame], as_of: datetime) -> dict[str, pl.DataFrame]:
+    """The export a CRM would have given at ``as_of``: nothing that happened at or after it."""
+    def before(frame: pl.DataFrame, created: str, *later: str) -> pl.DataFrame:
+        frame = frame.filter(pl.col(created) < as_of)
+        return frame.with_columns(pl.when(pl.col(c) < as_of).then(pl.col(c)).alias(c) for c in later)
+
+    out = {
+        "customers": before(tables["customers"], "signup_at"),
+        "products": tables["products"],
+        "orders": before(tables["orders"], "ordered_at"),
+        "subscriptions": before(tables["subscriptions"], "started_at", "ended_at"),
+        "interactions": before(tables["interactions"], "occurred_at"),
+        "leads": before(tables["leads"], "created_at", "converted_at", "lost_at"),
+        "lead_activities": before(tables["lead_activities"], "occurred_at"),
+    }
+    known = out["customers"]["customer_id"].implode()
+    for name in ("orders", "subscriptions", "interactions"):
+        out[name] = out[name].filter(pl.col("customer_id").is_in(known))
+    out["leads"] = out["leads"].with_columns(pl.lit(None, pl.String).alias("customer_id"))
+    out["lead_activities"] = out["lead_activities"].filter(pl.col("lead_id").is_in(out["leads"]["lead_id"].implode()))
+    # The export was taken at T: a marker customer who signed up just before it (in no population)
+    # makes the lake's last event T, as a real export's would be.
+    marker = contract_frame("customers", [{"customer_id": "C-export", "signup_at": as_of - timedelta(microseconds=1),
+                                           "country": "US", "segment": "smb", "industry": "x",
+                                           "acquisition_channel": "x"}])
+    out["customers"] = pl.concat([out["customers"], marker])
+    return out
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(history=_histories())
+def test_a_model_trained_as_of_t_uses_no_event_after_t(tmp_path_factory: pytest.TempPathFactory,
+                                                        history: tuple[dict[str, pl.DataFrame], datetime]) -> None:
+    from crmdata.lake import last_event
+    from features.build import build_features
+    from features.catalog import table_file
+    from features.labels import churn_labels, lead_conversion_labels
+    from training.frames import choose_cutoffs
+
+    tables, as_of = history
+    root = tmp_path_factory.mktemp("asof")
+    full = write_lake(root / "full", tables)
+    past = write_lake(root / "past", _known_at(tables, as_of))
+    assume(as_of <= last_event(full))  # training as of a date after the data's end is refused
+    window = 30
+    cutoffs = choose_cutoffs(full, window, None, as_of)
+    assert cutoffs == choose_cutoffs(past, window, None, as_of)
+    assert all(c + timedelta(days=window) <= as_of for c in cutoffs)
+    assume(cutoffs)
+    for mode in ("subscription", "transactional"):
+        assert_frame_equal(churn_labels(full, cutoffs, window_days=window, mode=mode),  # type: ignore[arg-type]
+                           churn_labels(past, cutoffs, window_days=window, mode=mode))  # type: ignore[arg-type]
+    assert_frame_equal(lead_conversion_labels(full, cutoffs, window_days=window),
+                       lead_conversion_labels(past, cutoffs, window_days=window))
+    build_features(full, root / "f_full", cutoffs)
+    build_features(past, root / "f_past", cutoffs)
+    for entity, key in (("customer", "customer_id"), ("lead", "lead_id")):
+        seen = pl.read_parquet(root / "f_full" / table_file(entity))
+        known = pl.read_parquet(root / "f_past" / table_file(entity)).filter(pl.col(key) != "C-export")
+        assert_frame_equal(seen, known)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
@@ -20,6 +21,7 @@ from crmdata.truth import CHURN_FILE, P_CHURN, truth_window_days
 from crmdata.workspace import Workspace
 from features.labels import churn_labels
 from training.frames import (
+    as_of_tag,
     attach_oracle,
     choose_cutoffs,
     column,
@@ -65,8 +67,9 @@ def recency_ticket_rule(frame: pd.DataFrame, mode: str) -> np.ndarray:
 
 
 def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.window_days, tune: int = 0,
-                profile: str = "local", min_positives: int = 200) -> TrainResult:
-    """Train, evaluate, register and gate the churn model of a workspace."""
+                profile: str = "local", min_positives: int = 200, as_of: datetime | None = None) -> TrainResult:
+    """Train, evaluate, register and gate the churn model of a workspace (with only what was
+    observable at ``as_of``, when given)."""
     if mode == "auto":
         mode = "subscription" if read_table(ws.lake, "subscriptions", ["customer_id"]) is not None else "transactional"
     if mode == "transactional" and read_table(ws.lake, "orders", ["customer_id"]) is None:
@@ -75,7 +78,7 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.win
     # Synthetic worlds simulate subscription churn over one window: the oracle compares only there.
     truth = CHURN_FILE if mode == "subscription" and window_days == truth_window_days(ws.lake, "churn") else None
     started = time.perf_counter()
-    cutoffs = choose_cutoffs(ws.lake, window_days, truth)
+    cutoffs = choose_cutoffs(ws.lake, window_days, truth, as_of)
     ensure_snapshots(ws, cutoffs)
     labels = churn_labels(ws.lake, cutoffs, window_days=window_days, mode=mode)
     frame = labelled_frame(ws, CHURN.feature_service, labels, profile)
@@ -93,6 +96,6 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.win
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CHURN) if truth else None
     frame_seconds = time.perf_counter() - started
     result = train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
-                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake)})
+                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake), **as_of_tag(as_of)})
     result.seconds["frame"] = frame_seconds
     return result

@@ -22,7 +22,7 @@ from crmdata.lake import last_event
 from crmdata.times import as_utc
 from crmdata.truth import read_truth_table
 from crmdata.workspace import Workspace
-from features.build import build_features, read_build_summary
+from features.build import add_snapshots, build_features, read_build_summary
 from features.catalog import EVENT_TIMESTAMP, NOT_MODEL_INPUTS
 from features.grid import snapshot_grid
 
@@ -33,43 +33,50 @@ CUTOFF_SPACING = timedelta(days=28)
 MAX_CUTOFFS = 12
 
 
-def choose_cutoffs(lake: Path, window_days: int, truth_file: str | None) -> list[datetime]:
-    """Training cutoffs whose whole label window is observed.
+def choose_cutoffs(lake: Path, window_days: int, truth_file: str | None,
+                   as_of: datetime | None = None) -> list[datetime]:
+    """Training cutoffs whose whole label window is observed (by ``as_of``, when given).
 
     A synthetic world has a truth grid (its decision epochs), so the jobs train and
     evaluate exactly there and the oracle can be compared row by row. Other lakes
     get up to MAX_CUTOFFS cutoffs every 28 days, on the feature grid's weekday,
     going back from the newest cutoff whose window fits.
+
+    Training "as of" a date T uses only what was observable at T: a label needs its
+    window ``[c, c + W)`` to end by T, and the features of cutoff c only see events
+    before c, so no value used depends on an event after T.
     """
-    end = last_event(lake)
+    # As of T, T is the end of what is known, even if nothing happened just before it (no
+    # order since is an observation too): it must not depend on the lake's last event.
+    end = last_event(lake) if as_of is None else as_utc(as_of)
     truth = read_truth_table(lake, truth_file, ["cutoff"]) if truth_file else None
     if truth is not None:
         grid = truth["cutoff"].unique().sort().to_list()
         cutoffs = [as_utc(c) for c in grid if as_utc(c) + timedelta(days=window_days) <= end]
         log.info("training on the %d truth cutoffs of the synthetic world", len(cutoffs))
         return cutoffs
-    anchor = snapshot_grid(lake, periods=1, include_truth=False)[0]
+    anchor = snapshot_grid(lake, periods=1, include_truth=False)[0] if as_of is None else as_utc(as_of)
     newest = anchor - timedelta(weeks=int(np.ceil((window_days + 1) / 7)))
     cutoffs = [newest - i * CUTOFF_SPACING for i in range(MAX_CUTOFFS)]
     return sorted(c for c in cutoffs if c + timedelta(days=window_days) <= end)
 
 
-def ensure_snapshots(ws: Workspace, cutoffs: list[datetime]) -> None:
-    """Rebuild the feature tables with the cutoffs added, if any is missing.
+def as_of_tag(as_of: datetime | None) -> dict[str, str]:
+    """The MLflow tag of a run trained as of a past date (none for "everything in the lake")."""
+    return {} if as_of is None else {"trained_as_of": f"{as_utc(as_of):%Y-%m-%d}"}
 
-    The rebuild keeps every existing snapshot (so the online store's newest
-    snapshot is unchanged) and adds the missing ones.
-    """
+
+def ensure_snapshots(ws: Workspace, cutoffs: list[datetime]) -> None:
+    """Add feature snapshots at the cutoffs that lack one, keeping every existing snapshot
+    (so the online store's newest snapshot is unchanged); never built: the default grid
+    plus the cutoffs."""
     try:
-        existing = set(read_build_summary(ws.feature_tables).as_of)
-    except CrmscoreError:  # never built: the default grid plus the cutoffs
+        read_build_summary(ws.feature_tables)
+    except CrmscoreError:
         log.info("no feature tables yet: building the default grid and %d training cutoffs", len(cutoffs))
         build_features(ws.lake, ws.feature_tables, sorted(set(snapshot_grid(ws.lake)) | set(cutoffs)))
         return
-    missing = set(cutoffs) - existing
-    if missing:
-        log.info("building feature snapshots at %d missing training cutoffs", len(missing))
-        build_features(ws.lake, ws.feature_tables, sorted(existing | missing))
+    add_snapshots(ws.lake, ws.feature_tables, cutoffs)
 
 
 def labelled_frame(ws: Workspace, service: str, labels: pl.DataFrame, profile: str = "local") -> pd.DataFrame:

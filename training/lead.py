@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from crmdata.truth import LEAD_FILE, P_CONVERT, truth_window_days
 from crmdata.workspace import Workspace
 from features.labels import lead_conversion_labels
 from training.frames import (
+    as_of_tag,
     attach_oracle,
     choose_cutoffs,
     column,
@@ -58,13 +60,14 @@ def points_rule(frame: pd.DataFrame) -> np.ndarray:
 
 
 def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0, profile: str = "local",
-               min_positives: int = 200) -> TrainResult:
-    """Train, evaluate, register and gate the lead-scoring model of a workspace."""
+               min_positives: int = 200, as_of: datetime | None = None) -> TrainResult:
+    """Train, evaluate, register and gate the lead-scoring model of a workspace (with only what
+    was observable at ``as_of``, when given)."""
     if read_table(ws.lake, "leads", [LEAD.key_column]) is None:
         raise CrmscoreError(f"{ws.lake}: lead scoring needs the leads table, which this lake does not have")
     truth = LEAD_FILE if window_days == truth_window_days(ws.lake, "lead") else None
     started = time.perf_counter()
-    cutoffs = choose_cutoffs(ws.lake, window_days, truth)
+    cutoffs = choose_cutoffs(ws.lake, window_days, truth, as_of)
     ensure_snapshots(ws, cutoffs)
     labels = lead_conversion_labels(ws.lake, cutoffs, window_days=window_days)
     frame = labelled_frame(ws, LEAD.feature_service, labels, profile)
@@ -80,6 +83,6 @@ def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CONVERT) if truth else None
     frame_seconds = time.perf_counter() - started
     result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune,
-                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake)})
+                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake), **as_of_tag(as_of)})
     result.seconds["frame"] = frame_seconds
     return result

@@ -43,17 +43,27 @@ def build(
         str, typer.Option(help="Grid spacing back from the last event (Mondays 00:00 UTC).")
     ] = "7d",
     periods: Annotated[int, typer.Option(min=1, help="Snapshots in the grid.")] = 12,
+    add: Annotated[
+        str | None,
+        typer.Option("--add", help="Comma-separated dates to add, keeping every snapshot already built."),
+    ] = None,
     lake: Annotated[Path | None, typer.Option(help="Lake directory (default: HOME/lake).")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Feature-table directory (default: HOME/features).")
     ] = None,
 ) -> None:
     """Turn the lake's raw tables into feature tables keyed by entity + event_timestamp."""
-    from features.build import build_features
+    from features.build import add_snapshots, build_features
     from features.grid import parse_dates, parse_every, snapshot_grid
 
     ws = workspace()
     source = lake or ws.lake
+    if add:
+        if as_of:
+            raise CrmscoreError("give --add (keep the snapshots, add these) or --as-of (replace them), not both")
+        summary = add_snapshots(source, out or ws.feature_tables, parse_dates(add))
+        console.print(summary.render(), highlight=False)
+        return
     if as_of:
         dates = parse_dates(as_of)
     else:

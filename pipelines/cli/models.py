@@ -35,9 +35,13 @@ def train(
     tune: Annotated[int, typer.Option(min=0, help="Optuna trials before the final fit (0: none).")] = 0,
     algorithm: Annotated[str, typer.Option(help="nbp only: als (default) or bpr.")] = "als",
     profile: Annotated[str, typer.Option(help="Feature store profile: local or redis.")] = "local",
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Train with only what was observable at this date (YYYY-MM-DD): snapshots at or "
+                        "before it, labels whose windows end by it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Train a model, log it to MLflow, register it and promote it if it beats the champion."""
+    from pipelines.scoring.inputs import parse_as_of
     from pipelines.train import train_task
     from training.tasks import get_task
     from training.trainer import result_json
@@ -47,7 +51,7 @@ def train(
     if algorithm not in ("als", "bpr"):
         raise CrmscoreError(f"--algorithm {algorithm!r}: expected als or bpr")
     result = train_task(workspace(), get_task(target.value), mode=mode, window_days=window, tune=tune,
-                        algorithm=algorithm, profile=profile)
+                        algorithm=algorithm, profile=profile, as_of=parse_as_of(as_of))
     if as_json:
         typer.echo(result_json(result))
         return

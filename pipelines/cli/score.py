@@ -81,6 +81,8 @@ def _summary_table(manifest: RunManifest) -> Table:
     table.add_row("model", f"{manifest.model_name} v{manifest.model_version} ({manifest.model_alias or 'by number'})")
     table.add_row("rows", f"{manifest.rows:,} of {manifest.entities:,} entities"
                   + (f" ({manifest.no_features:,} without features: scores null)" if manifest.no_features else ""))
+    if manifest.feature_timestamps:
+        table.add_row("features as of", ", ".join(f"{t:%Y-%m-%d %H:%M}" for t in manifest.feature_timestamps))
     table.add_row("time", f"{manifest.seconds:.1f}s, {manifest.rows_per_second:,.0f} rows/s ({manifest.engine})")
     total = sum(manifest.distribution.grades.values()) or 1
     table.add_row("distribution", "  ".join(f"{g} {n:,} ({n / total:.0%})"
@@ -118,6 +120,8 @@ def score_command(
     drift: Annotated[bool, typer.Option(help="Drift report against the champion's holdout (MLflow).")] = True,
     spark_master: Annotated[str | None, typer.Option(help="Spark master (default: the cluster's, "
                                                           "else local[*]).")] = None,
+    allow_missing: Annotated[bool, typer.Option(
+        "--allow-missing", help="Score entities without features as null instead of failing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows, seconds and the output path as JSON.")] = False,
 ) -> None:
     """Score every active customer / open lead with the champion into HOME/scores."""
@@ -128,7 +132,7 @@ def score_command(
 
     ws = workspace()
     options = ScoreOptions(engine=engine.value, reasons=reasons.value, chunk_rows=chunk_rows, threads=threads,
-                           drift=drift, profile=profile, spark_master=spark_master)
+                           drift=drift, profile=profile, spark_master=spark_master, allow_missing=allow_missing)
     date = parse_as_of(as_of)
     bar = None if as_json else _RichProgress()
     if task == ScoreTarget.all:
@@ -144,6 +148,7 @@ def score_command(
     if as_json:
         items = [{"task": r.task, "rows": r.rows, "seconds": r.seconds, "output": r.output,
                   "model_version": r.model_version, "as_of": r.as_of.isoformat(),
+                  "feature_timestamps": [t.isoformat() for t in getattr(r, "feature_timestamps", [])],
                   "rows_per_second": r.rows_per_second} for r in done]
         items += [{"task": r.task, "skipped": r.reason} for r in runs if isinstance(r, Skipped)]
         payload: Any = items[0] if task != ScoreTarget.all else {

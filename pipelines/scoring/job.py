@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,10 @@ import polars as pl
 from mlflow.exceptions import MlflowException
 
 from crmdata.errors import CrmscoreError
+from crmdata.lake import check_as_of
 from crmdata.times import as_utc
 from crmdata.workspace import Workspace
-from features.build import read_build_summary
+from features.build import add_snapshots, read_build_summary
 from features.store import feature_store
 from pipelines import drift as drift_mod
 from pipelines.scoring.inputs import (
@@ -63,6 +64,10 @@ from training.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
 
+#: How long after the lake's last event a scoring date may be: the default snapshot grid's
+#: newest date is the Monday after the last event, and it sees every event.
+SCORE_AFTER_LAST_EVENT = timedelta(days=7)
+
 
 # --- entry points ------------------------------------------------------------------------
 
@@ -72,6 +77,11 @@ def score(ws: Workspace, task: str, as_of: datetime | None = None, options: Scor
     """Score one task of the registry as of a date (default: the newest snapshot)."""
     options = options or ScoreOptions()
     spec = get_task(task)
+    if as_of is not None:
+        # A date the feature tables have no snapshot at gets one built now: an older snapshot
+        # would describe the customers as they were then, not at as_of.
+        as_of = check_as_of(ws.lake, as_of, slack=SCORE_AFTER_LAST_EVENT)
+        add_snapshots(ws.lake, ws.feature_tables, [as_of])
     if spec.scorer == "recommender":
         return score_nbp(ws, as_of, options, progress)
     return score_binary(ws, spec.key, load_model(spec.model_name), as_of, options, progress)
@@ -120,6 +130,13 @@ def score_binary(ws: Workspace, task: str, model: ScoringModel, as_of: datetime 
             result = score_with_spark(plan, pop, as_of, predictor, staging, options, progress)
         else:
             result = score_local(plan, pop, as_of, predictor, staging, options, progress)
+        if result.no_features and not options.allow_missing:
+            # Raised inside the staging directory: nothing is published.
+            raise CrmscoreError(
+                f"{task} as of {as_of:%Y-%m-%d}: {result.no_features:,} of {pop.height:,} entities have no "
+                f"features (no snapshot within the TTL at or before {as_of:%Y-%m-%d}); build one with "
+                f"`crmscore features build --add {as_of:%Y-%m-%d}`, or pass --allow-missing to score them as null"
+            )
         finish_started = time.perf_counter()
         written = written_ids(staging, key)
         reconcile(pop.get_column(key), written, f"{task} as of {as_of:%Y-%m-%d}")
@@ -135,6 +152,7 @@ def score_binary(ws: Workspace, task: str, model: ScoringModel, as_of: datetime 
             model_alias=model.alias, model_run_id=model.run_id, feature_service=spec.feature_service,
             inputs={"lake": str(ws.lake), **plan.describe(), **_build_stamp(ws), **result.extra_inputs},
             entities=pop.height, rows=len(written), no_features=result.no_features, reasons=options.reasons,
+            feature_timestamps=_feature_timestamps(result),
             distribution=_distribution(result.probabilities, result.grades, predictor.grading.labels),
             seconds=round(seconds, 3), rows_per_second=round(len(written) / max(seconds, 1e-9), 1),
             stages=result.stages, output=str(partition_dir(ws.scores, task, as_of)), started_at=started_at,
@@ -146,7 +164,7 @@ def score_binary(ws: Workspace, task: str, model: ScoringModel, as_of: datetime 
         write_manifest(staging, manifest)
     if result.no_features:
         log.warning("%s: %d of %d entities had no feature snapshot within the TTL before %s; "
-                    "their scores are null (build features at that date)", task, result.no_features,
+                    "their scores are null (--allow-missing)", task, result.no_features,
                     pop.height, f"{as_of:%Y-%m-%d}")
     log.info("%s: %d rows in %.1fs (%.0f rows/s) → %s", task, manifest.rows, manifest.seconds,
              manifest.rows_per_second, manifest.output)
@@ -165,6 +183,13 @@ def _distribution(p: np.ndarray, grades: dict[str, int], order: list[str]) -> Di
             probability[f"p{q}"] = float(np.percentile(p, q))
     ordered = {g: grades.get(g, 0) for g in order}
     return Distribution(grades=ordered, probability={k: round(v, 6) for k, v in probability.items()})
+
+
+def _feature_timestamps(result: EngineResult) -> list[datetime]:
+    if result.features is None:
+        return []
+    stamps = result.features.get_column(FEATURE_TIMESTAMP).drop_nulls().unique().sort()
+    return [as_utc(t) for t in stamps.to_list()]
 
 
 def _build_stamp(ws: Workspace) -> dict[str, str]:

@@ -145,6 +145,8 @@ class RunManifest(BaseModel):
     entities: int = Field(description="entities in the population at as_of")
     rows: int = Field(description="rows written (one per entity)")
     no_features: int = Field(0, description="entities with no feature snapshot within the TTL (scores left null)")
+    feature_timestamps: list[datetime] = Field(
+        default_factory=list, description="the event times of the feature rows used (normally just as_of)")
     reasons: str = Field("all", description="all | top (best grades only) | none")
     distribution: Distribution = Field(default_factory=Distribution)
     seconds: float

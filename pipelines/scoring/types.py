@@ -40,6 +40,8 @@ class ScoreOptions(BaseModel):
     profile: str = "local"
     spark_master: str | None = None
     top_products: int = Field(10, ge=1, description="next-best-product: products per customer")
+    allow_missing: bool = Field(False, description="score entities without features as null instead of "
+                                                   "failing the run")
 
 
 class Progress(Protocol):
