@@ -40,11 +40,12 @@ def log_frame(frame: pd.DataFrame, *, name: str, context: str, source: Path | No
     """Log one fold of a point-in-time training frame (schema and row count come with it)."""
     with warnings.catch_warnings():
         # MLflow's hint about integer columns and missing values is about model signatures;
-        # a dataset's schema only describes the frame.
+        # a dataset's schema only describes the frame. (The schema is inferred when the
+        # dataset is logged, not when it is made: both sit inside.)
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=_source(source), name=name, targets=target, digest=digest)
-    mlflow.log_input(dataset, context=context,
-                     tags={"rows": str(len(frame)), "cutoffs": cutoff_span(frame[cutoff_column])})
+        mlflow.log_input(dataset, context=context,
+                         tags={"rows": str(len(frame)), "cutoffs": cutoff_span(frame[cutoff_column])})
 
 
 def log_reference(*, name: str, context: str, source: Path, digest: str, rows: int, cutoffs: str) -> None:
