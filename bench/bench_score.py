@@ -105,11 +105,11 @@ def bench_scoring(args: argparse.Namespace) -> str:
     from pipelines import drift
     from pipelines.scoring.inputs import (
         default_as_of,
-        population,
         read_features_as_of,
         resolve_service,
     )
     from pipelines.scoring.predict import BinaryPredictor
+    from training.drift_reference import load_reference
     from training.model import load_model
 
     ws = trained_world(args.home)
@@ -145,13 +145,10 @@ def bench_scoring(args: argparse.Namespace) -> str:
     full_sub_none = run(out_ws, model, plan, sub, as_of, reasons="none")
     extrapolated = full.seconds * args.rows / max(sub.height, 1)
 
-    # Drift at 1M: the PSI pass over the current features against the real holdout.
-    ref_pop = population(ws.lake, "churn", as_of, model.spec.mode)
-    reference = read_features_as_of(real_plan, ref_pop, as_of)
+    # Drift at 1M: the PSI pass over the current features against the champion's logged reference.
+    reference = load_reference(model.run_id or "")
     started = time.perf_counter()
-    drift.compare(reference, frame, list(model.spec.features), set(model.spec.categories),
-                  predictor.probabilities(reference.to_arrow(compat_level=pl.CompatLevel.oldest())),
-                  np.random.default_rng(0).random(frame.height))
+    drift.compare(reference, frame, np.random.default_rng(0).random(frame.height))
     drift_s = time.perf_counter() - started
     del x, frame
 

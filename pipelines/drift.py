@@ -4,31 +4,22 @@ PSI (population stability index) per feature and for the score, logged to MLflow
 (experiment ``crmscore-batch-scoring``) with a warning for every PSI above 0.2,
 the usual "significant shift" line (0.1–0.2: moderate, below 0.1: stable).
 
-**The reference.** The trainer stores neither its rows nor a histogram, and this
-job may not change the trainer. What it does store is enough to rebuild the rows
-the champion was judged on: the run's ``holdout_cutoff`` param. The holdout is
-the population at risk at that cutoff (the task's population rule in
-``training.tasks``, which scoring uses too) with the features Feast joined as
-of it, i.e. the newest snapshot within the TTL. So the reference is that population read through the
-same service as of ``holdout_cutoff``, scored by the champion itself. It is the
-newest data the model was evaluated (and its grade thresholds calibrated) on,
-which makes "the base today looks different from what the model was validated
-on" the question PSI answers. The run's ``holdout_rows`` is compared with the
-rebuilt row count; a mismatch (features rebuilt since, lake changed) is reported
-in the note rather than silently accepted. If the holdout snapshot is no longer
-in the feature tables the report says so and scoring goes on without drift.
+**The reference** is the champion's training holdout: the newest rows the model
+was evaluated (and its grade thresholds calibrated) on, which makes "the base
+today looks different from what the model was validated on" the question PSI
+answers. The trainer logs its histograms with the model
+(``training.drift_reference``, the run's ``drift_reference.json``), so the
+report needs no feature snapshot of the holdout cutoff; a model trained before
+the artifact existed gets a note and no report, and scoring goes on.
 
-Binning: numeric features use the reference's deciles (distinct edges only, so
-a feature that is mostly 0 gets fewer bins), categoricals their values; missing
-values are a bin of their own in both, so a feature going missing is drift too.
-Shares are floored at 1e-4 so an empty bin does not make PSI infinite.
+Binning is the reference's (numeric deciles, categorical values, missing values a
+bin of their own; see ``training.drift_reference``). Shares are floored at 1e-4 so an empty bin does not make PSI infinite.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,12 +28,17 @@ import polars as pl
 from mlflow.entities import Metric, Param, RunTag
 from pydantic import BaseModel, Field
 
+from training.drift_reference import (
+    MISSING,
+    DriftReference,
+    category_shares,
+    numeric_shares,
+)
 from training.registry import configure_mlflow, ensure_experiment
 
 log = logging.getLogger(__name__)
 
 PSI_WARN = 0.2
-BINS = 10
 SHARE_FLOOR = 1e-4
 EXPERIMENT = "crmscore-batch-scoring"
 
@@ -54,43 +50,11 @@ def psi_from_shares(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def numeric_bins(reference: np.ndarray, bins: int = BINS) -> np.ndarray:
-    """Interior bin edges: the distinct deciles of the reference's non-missing values."""
-    ref = np.asarray(reference, dtype=float)
-    ref = ref[np.isfinite(ref)]
-    if ref.size == 0:
-        return np.empty(0)
-    return np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
-
-
-def _numeric_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, dtype=float)
-    missing = ~np.isfinite(x)
-    index = np.where(missing, len(edges) + 1, np.searchsorted(edges, np.where(missing, 0, x), side="right"))
-    counts = np.bincount(index, minlength=len(edges) + 2)
-    return counts / max(len(x), 1)
-
-
-def psi_numeric(reference: np.ndarray, current: np.ndarray, bins: int = BINS) -> float:
-    edges = numeric_bins(reference, bins)
-    return psi_from_shares(_numeric_shares(reference, edges), _numeric_shares(current, edges))
-
-
-def psi_categorical(reference: Sequence[Any], current: Sequence[Any]) -> float:
-    """PSI over the union of categories; None (and NaN) is a category of its own."""
-    def shares(values: Sequence[Any]) -> dict[str, float]:
-        series = values if isinstance(values, pl.Series) else pl.Series(list(values), dtype=pl.Object)
-        if series.dtype == pl.Object:
-            series = pl.Series([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                                for v in series], dtype=pl.String)
-        series = series.cast(pl.String).fill_null("\0missing")
-        counts = series.value_counts()
-        total = max(len(series), 1)
-        return dict(zip(counts[series.name].to_list(), (counts["count"] / total).to_list(), strict=True))
-
-    ref, cur = shares(reference), shares(current)
-    cats = sorted(set(ref) | set(cur))
-    return psi_from_shares(np.array([ref.get(c, 0.0) for c in cats]), np.array([cur.get(c, 0.0) for c in cats]))
+def psi_categorical(reference: dict[str, float], current: dict[str, float]) -> float:
+    """PSI over the union of categories (shares per category, ``category_shares``)."""
+    cats = sorted(set(reference) | set(current))
+    return psi_from_shares(np.array([reference.get(c, 0.0) for c in cats]),
+                           np.array([current.get(c, 0.0) for c in cats]))
 
 
 class FeaturePSI(BaseModel):
@@ -129,25 +93,25 @@ class DriftReport(BaseModel):
         }
 
 
-def compare(reference: Any, current: Any, features: list[str], categorical: set[str],
-            reference_scores: np.ndarray | None, current_scores: np.ndarray | None) -> tuple[list[FeaturePSI], float | None]:
-    """PSI of each feature (polars frames) and of the score arrays."""
+def compare(reference: DriftReference, current: pl.DataFrame, current_scores: np.ndarray | None,
+            ) -> tuple[list[FeaturePSI], float | None]:
+    """PSI of each feature of the reference against ``current`` (a polars frame), and of the score."""
     out = []
-    for name in features:
-        ref, cur = reference.get_column(name), current.get_column(name)
-        if name in categorical:
-            value = psi_categorical(ref, cur)
-            kind = "categorical"
+    for name, ref in reference.features.items():
+        values = current.get_column(name)
+        if ref.kind == "categorical":
+            cur_shares = category_shares(values.cast(pl.String).to_list())
+            value = psi_categorical(ref.categories, cur_shares)
+            current_missing = cur_shares.get(MISSING, 0.0)
         else:
-            value = psi_numeric(ref.cast(float).fill_null(np.nan).to_numpy(),
-                                cur.cast(float).fill_null(np.nan).to_numpy())
-            kind = "numeric"
-        out.append(FeaturePSI(feature=name, kind=kind, psi=value,
-                              reference_missing=float(ref.null_count() / max(len(ref), 1)),
-                              current_missing=float(cur.null_count() / max(len(cur), 1))))
+            shares = numeric_shares(values.cast(float).fill_null(np.nan).to_numpy(), np.asarray(ref.edges))
+            value, current_missing = psi_from_shares(np.asarray(ref.shares), shares), float(shares[-1])
+        out.append(FeaturePSI(feature=name, kind=ref.kind, psi=value, reference_missing=ref.missing,
+                              current_missing=current_missing))
     score = None
-    if reference_scores is not None and current_scores is not None:
-        score = psi_numeric(reference_scores, current_scores)
+    if current_scores is not None:
+        score = psi_from_shares(np.asarray(reference.score.shares),
+                                numeric_shares(current_scores, np.asarray(reference.score.edges)))
     return out, score
 
 

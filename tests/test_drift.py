@@ -1,5 +1,5 @@
-"""PSI against hand-computed values, the warning rule, and the reference rebuilt from
-the champion's holdout cutoff (on the trained tiny world)."""
+"""PSI against hand-computed values, the warning rule, and the reference the trainer logs
+with the model (on the trained tiny world)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from math import log
 
 import numpy as np
+import pandas as pd
+import polars as pl
 import pytest
 
 from crmdata.workspace import Workspace
@@ -16,12 +18,21 @@ from pipelines.drift import (
     SHARE_FLOOR,
     DriftReport,
     FeaturePSI,
+    compare,
     finish,
-    numeric_bins,
-    psi_categorical,
     psi_from_shares,
-    psi_numeric,
 )
+from training.drift_reference import DriftReference, numeric_bins
+
+
+def _psi(reference: list, current: list, categorical: bool = False) -> float:
+    """PSI of one feature through the real path: histograms of a training holdout (pandas),
+    compared with a scoring run's features (polars)."""
+    kind = {"x"} if categorical else set()
+    ref = DriftReference.of_holdout(pd.DataFrame({"x": reference}), ["x"], kind, np.zeros(len(reference)),
+                                    "2025-01-01")
+    features, _ = compare(ref, pl.DataFrame({"x": current}, strict=False), None)
+    return features[0].psi
 
 
 def test_psi_of_shares_by_hand() -> None:
@@ -35,23 +46,27 @@ def test_psi_of_shares_by_hand() -> None:
 def test_numeric_psi_uses_reference_deciles() -> None:
     reference = np.arange(1, 11, dtype=float)  # one value per decile bin
     assert numeric_bins(reference).tolist() == pytest.approx([1.9, 2.8, 3.7, 4.6, 5.5, 6.4, 7.3, 8.2, 9.1])
-    assert psi_numeric(reference, reference.copy()) == 0.0
-    current = np.array([1.0] * 5 + [10.0] * 5)  # all mass in the two outer bins
+    assert _psi(reference.tolist(), reference.tolist()) == 0.0
+    current = [1.0] * 5 + [10.0] * 5  # all mass in the two outer bins
     expected = 2 * 0.4 * log(5) + 8 * (SHARE_FLOOR - 0.1) * log(SHARE_FLOOR / 0.1)
-    assert psi_numeric(reference, current) == pytest.approx(expected, rel=1e-12)
+    assert _psi(reference.tolist(), current) == pytest.approx(expected, rel=1e-12)
 
 
 def test_missing_values_are_a_bin_of_their_own() -> None:
-    reference = np.array([1.0, 2.0, 3.0, 4.0])
-    assert psi_numeric(reference, np.array([1.0, 2.0, np.nan, np.nan])) > 0.2
+    # Two of four values go missing: shares (.25, .25, .25, .25, 0) -> (.25, .25, 0, 0, .5).
+    expected = 2 * (SHARE_FLOOR - 0.25) * log(SHARE_FLOOR / 0.25) + (0.5 - SHARE_FLOOR) * log(0.5 / SHARE_FLOOR)
+    assert _psi([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, None, None]) == pytest.approx(expected, rel=1e-12)
     # A feature that is mostly one value gets fewer, distinct edges, not empty duplicates.
     assert numeric_bins(np.array([0.0] * 95 + [1.0] * 5)).tolist() == [0.0]
 
 
 def test_categorical_psi_by_hand() -> None:
-    assert psi_categorical(["a", "a", "b", "b"], ["a", "a", "a", "b"]) == pytest.approx(0.25 * log(3), abs=1e-15)
-    assert psi_categorical(["a", None], ["a", None]) == 0.0
-    assert psi_categorical(["a", "a"], ["a", None]) > 0.2  # going missing is drift
+    assert _psi(["a", "a", "b", "b"], ["a", "a", "a", "b"], categorical=True) == pytest.approx(0.25 * log(3),
+                                                                                            abs=1e-15)
+    assert _psi(["a", None], ["a", None], categorical=True) == 0.0
+    # going missing is drift: (0.5 - floor) ln(0.5 / floor) + (0.5 - 1) ln(0.5)
+    expected = (0.5 - SHARE_FLOOR) * log(0.5 / SHARE_FLOOR) - 0.5 * log(0.5)
+    assert _psi(["a", "a"], ["a", None], categorical=True) == pytest.approx(expected, rel=1e-12)
 
 
 def test_psi_above_the_threshold_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -81,23 +96,33 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 
 
 @pytest.mark.slow
-def test_the_reference_is_the_champions_holdout(ws: Workspace) -> None:
+def test_the_reference_is_logged_with_the_model_and_matches_its_holdout(ws: Workspace) -> None:
+    """The trainer's histograms (pandas) and a scoring run's (polars) agree exactly: the holdout
+    rebuilt from the feature tables drifts by 0 from the reference logged with the model."""
     from mlflow import MlflowClient
 
     from features.store import feature_store
-    from pipelines.scoring.inputs import resolve_service
-    from pipelines.scoring.job import _reference
+    from pipelines.scoring.inputs import population, read_features_as_of, resolve_service
+    from pipelines.scoring.predict import BinaryPredictor
+    from training.drift_reference import load_reference
     from training.model import load_model
 
     for name, task in (("crm-churn", "churn"), ("crm-lead-scoring", "lead")):
         model = load_model(name)
         params = MlflowClient().get_run(model.run_id).data.params
+        reference = load_reference(model.run_id or "")  # from the run alone: no workspace, no snapshot
+        assert f"{reference.holdout_cutoff:%Y-%m-%d}" == params["holdout_cutoff"][:10]
+        assert reference.rows == int(params["holdout_rows"])
+        assert list(reference.features) == model.spec.features
         plan = resolve_service(feature_store(ws), model.spec.feature_service)
-        frame, cutoff, note = _reference(ws, task, model, plan)
-        assert f"{cutoff:%Y-%m-%d}" == params["holdout_cutoff"][:10]
-        # The rebuilt rows are the holdout the trainer evaluated (same count, all with features).
-        assert frame.height == int(params["holdout_rows"]) and note is None
-        assert frame["feature_timestamp"].null_count() == 0
+        holdout = read_features_as_of(plan, population(ws.lake, task, reference.holdout_cutoff, model.spec.mode),
+                                      reference.holdout_cutoff)
+        assert holdout.height == reference.rows
+        predictor = BinaryPredictor.from_model(model, task, "grade", reference.holdout_cutoff, "none")
+        scores = predictor.probabilities(holdout.to_arrow(compat_level=pl.CompatLevel.oldest()))
+        features, score_psi = compare(reference, holdout, scores)
+        assert max(f.psi for f in features) == pytest.approx(0.0, abs=1e-12)
+        assert score_psi == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.slow

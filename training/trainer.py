@@ -30,6 +30,8 @@ from pydantic import BaseModel
 from crmdata.errors import CrmscoreError
 from training import inputs, plots
 from training.calibration import Calibrator, Grading
+from training.drift_reference import ARTIFACT as DRIFT_REFERENCE
+from training.drift_reference import DriftReference
 from training.metrics import evaluate, flatten
 from training.model import (
     ModelSpec,
@@ -318,6 +320,10 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
         if oracle is not None:
             scores["oracle"] = oracle[holdout.index]
         _log_artifacts(booster, x_hold, y_hold, scores, metrics, base_metrics, oracle_metrics, task, grading)
+        # Drift compares scoring runs with these histograms, so it never needs the holdout's snapshot again.
+        reference = DriftReference.of_holdout(holdout, spec.features, set(spec.categories), p_hold,
+                                              holdout[CUTOFF].iloc[0])
+        mlflow.log_dict(reference.model_dump(mode="json"), DRIFT_REFERENCE)
 
         with tempfile.TemporaryDirectory() as tmp:
             extra = save_model_files(Path(tmp), booster, calibrator, grading, spec)

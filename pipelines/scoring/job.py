@@ -11,7 +11,7 @@ One run = one task at one ``as_of`` date:
    (``spark.py``) runs the same predictor in ``mapInArrow``;
 4. reconcile: the ids read back from the written files must be exactly the
    population, or the run fails naming the missing ones;
-5. drift report against the champion's holdout (``pipelines.drift``), logged to MLflow;
+5. drift report against the champion's holdout histograms (``pipelines.drift``), logged to MLflow;
 6. manifest, then the staged partition is swapped in (``table.staged_partition``).
 
 Steps 2–5 happen in a staging directory; only step 6 touches the published
@@ -26,9 +26,7 @@ import time
 from datetime import datetime, timedelta
 
 import numpy as np
-import pandas as pd
 import polars as pl
-from mlflow.exceptions import MlflowException
 
 from crmdata.errors import CrmscoreError
 from crmdata.lake import check_as_of
@@ -41,7 +39,6 @@ from pipelines.scoring.inputs import (
     ServiceRead,
     default_as_of,
     population,
-    read_features_as_of,
     resolve_service,
 )
 from pipelines.scoring.local import score_local
@@ -58,6 +55,7 @@ from pipelines.scoring.table import (
     written_ids,
 )
 from pipelines.scoring.types import FEATURE_TIMESTAMP, EngineResult, Progress, ScoreOptions, Skipped
+from training.drift_reference import load_reference
 from training.model import ScoringModel, load_model
 from training.registry import CHAMPION, configure_mlflow, version_by_alias
 from training.tasks import TASKS, get_task
@@ -144,7 +142,7 @@ def score_binary(ws: Workspace, task: str, model: ScoringModel, as_of: datetime 
         drift = None
         if options.drift:
             drift_started = time.perf_counter()
-            drift = _drift(ws, task, model, plan, predictor, as_of, result)
+            drift = _drift(task, model, as_of, result)
             result.stages.drift = time.perf_counter() - drift_started
         seconds = time.perf_counter() - started
         manifest = RunManifest(
@@ -200,58 +198,30 @@ def _build_stamp(ws: Workspace) -> dict[str, str]:
     return {"features built_at": built.isoformat()}
 
 
-def _drift(ws: Workspace, task: str, model: ScoringModel, plan: ServiceRead, predictor: BinaryPredictor,
-           as_of: datetime, result: EngineResult) -> drift_mod.DriftReport:
-    """The drift report of this run (None-safe: a missing reference is a note, not a failure)."""
+def _drift(task: str, model: ScoringModel, as_of: datetime, result: EngineResult) -> drift_mod.DriftReport:
+    """The drift report of this run against the reference logged with the champion (a missing
+    reference is a note, not a failure)."""
     report = drift_mod.DriftReport(task=task, model_name=model.name, model_version=model.version, as_of=as_of,
-                                   reference="the champion's holdout: population and features as of "
-                                             "its holdout_cutoff")
+                                   reference="the champion's training holdout (drift_reference.json of its run)")
     try:
-        reference = _reference(ws, task, model, plan)
+        if not model.run_id:
+            raise CrmscoreError(f"{model.name} v{model.version} has no training run")
+        reference = load_reference(model.run_id)
     except CrmscoreError as exc:
         report.note = f"no reference: {exc}"
         log.warning("%s drift: %s", task, report.note)
         return report
-    ref_frame, cutoff, note = reference
-    report.reference_cutoff, report.note = cutoff, note
+    report.reference_cutoff, report.reference_rows = reference.holdout_cutoff, reference.rows
     current = result.features
-    if current is None or ref_frame.height == 0:
-        report.note = (note or "") + " no rows to compare"
+    if current is None:
+        report.note = "no rows to compare"
         return report
     current = current.filter(pl.col(FEATURE_TIMESTAMP).is_not_null())
-    ref_frame = ref_frame.filter(pl.col(FEATURE_TIMESTAMP).is_not_null())
-    ref_scores = predictor.probabilities(ref_frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
-    cur_scores = result.probabilities[np.isfinite(result.probabilities)]
-    report.reference_rows, report.current_rows = ref_frame.height, current.height
+    report.current_rows = current.height
     report.features, report.score_psi = drift_mod.compare(
-        ref_frame, current, list(model.spec.features), set(model.spec.categories), ref_scores, cur_scores)
+        reference, current, result.probabilities[np.isfinite(result.probabilities)])
     drift_mod.finish(report)
     return report
-
-
-def _reference(ws: Workspace, task: str, model: ScoringModel, plan: ServiceRead) -> tuple[pl.DataFrame, datetime, str | None]:
-    """The champion's holdout rows, rebuilt (see pipelines/drift.py)."""
-    if not model.run_id:
-        raise CrmscoreError(f"{model.name} v{model.version} has no training run")
-    try:
-        params = configure_mlflow().get_run(model.run_id).data.params
-    except MlflowException as exc:
-        raise CrmscoreError(f"training run {model.run_id} cannot be read ({exc})") from None
-    if "holdout_cutoff" not in params:
-        raise CrmscoreError(f"training run {model.run_id} has no holdout_cutoff param")
-    cutoff = as_utc(pd.Timestamp(params["holdout_cutoff"]).to_pydatetime())
-    pop = population(ws.lake, task, cutoff, model.spec.mode)
-    frame = read_features_as_of(plan, pop, cutoff)
-    found = frame.get_column(FEATURE_TIMESTAMP).is_not_null().sum()
-    if found == 0:
-        raise CrmscoreError(f"no feature snapshot within the TTL of the holdout cutoff {cutoff:%Y-%m-%d} "
-                            "(features were rebuilt without it)")
-    note = None
-    expected = params.get("holdout_rows")
-    if expected is not None and int(expected) != frame.height:
-        note = (f"the rebuilt holdout has {frame.height} rows, the training run logged {expected} "
-                "(the lake or features changed since training)")
-    return frame, cutoff, note
 
 
 def _log_drift(report: drift_mod.DriftReport, manifest: RunManifest) -> None:
