@@ -11,7 +11,8 @@ BentoML provides ``/healthz``, ``/metrics`` (Prometheus) and ``/docs.json``
 ``ServiceEndpoints`` answers ``/readyz`` itself, from the predictor's last
 readiness verdict, with the reasons in the body. ``serving.auth.ApiGuard``
 checks routes, API keys, content type, body size and the body's schema before
-any of it. Log lines pass ``EscapeControl``: no client-made text in a path or a
+any of it; ``serving.protocol`` closes a connection whose request head is not complete
+within 5 s (slow-header clients). Log lines pass ``EscapeControl``: no client-made text in a path or a
 message can forge a line or send terminal escapes.
 """
 
@@ -29,6 +30,7 @@ import bentoml
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
+from serving import protocol
 from serving.auth import ApiGuard, escape
 from serving.schemas import (
     ChurnRiskRequest,
@@ -41,6 +43,10 @@ from serving.schemas import (
 )
 
 log = logging.getLogger("serving")
+
+# A server worker imports this module before uvicorn loads its config: slow-header
+# clients get a deadline (serving/protocol.py).
+protocol.install()
 
 #: Run a full (generation 2) collection after this many generation-1 ones (CPython: 10).
 FULL_GC_EVERY = 100

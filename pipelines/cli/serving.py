@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,9 +114,36 @@ def serve(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     root = Path(__file__).resolve().parents[2]  # the repository root: this is pipelines/cli/serving.py
     _check_port(host, port)
+    metrics_dir = prometheus_dir()
     started = time.monotonic()
     # One worker process (BentoML's default for this service); scale out with replicas.
-    server = bentoml.serve(SERVICE, host=host, port=port, working_dir=str(root), blocking=False)
+    try:
+        server = bentoml.serve(SERVICE, host=host, port=port, working_dir=str(root), blocking=False)
+        _run(server, host, port, ws, chosen.value, started, print_examples)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def prometheus_dir() -> str:
+    """A fresh Prometheus multiprocess directory for this instance.
+
+    BentoML keeps its workers' metric files in ``$BENTOML_HOME/prometheus_multiproc_dir``
+    and *empties* that directory when a server starts, so a second instance on the same
+    machine would wipe the first one's counters (and both would write the same files).
+    ``bentoml.serve`` reads the location from ``BentoMLContainer.prometheus_multiproc_dir``
+    (``bentoml.serving.ensure_prometheus_dir``) and hands it to the workers as
+    ``PROMETHEUS_MULTIPROC_DIR``: point it at a private temporary directory.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    path = tempfile.mkdtemp(prefix="crmscore-prometheus-")
+    BentoMLContainer.prometheus_multiproc_dir.set(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def _run(server: Any, host: str, port: int, ws: Workspace, profile: str, started: float,
+         print_examples: bool) -> None:
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     stop = _stop_on_signals(server)
     # The arbiter thread flags itself running a moment after serve() returns.
@@ -126,7 +155,7 @@ def serve(
     ready = wait_ready(url, READY_TIMEOUT_SECONDS, lambda: server.running and not stop["requested"])
     if ready:
         console.print(f"crmscore service ready on {url} in {time.monotonic() - started:.1f}s "
-                      f"(profile {chosen.value}; docs: {url}/docs.json)")
+                      f"(profile {profile}; docs: {url}/docs.json)")
         if print_examples:
             console.print(examples(url, ws), soft_wrap=True, highlight=False)
     elif server.running:
