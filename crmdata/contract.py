@@ -256,11 +256,41 @@ LEAD_ACTIVITIES = Table(
     foreign_keys=(ForeignKey("lead_id", "leads", "lead_id", "unknown leads"),),
 )
 
-#: Every contract table, in dependency order (referenced tables first).
-TABLES: dict[str, Table] = {
+#: Labels you bring: one row per entity and date, the outcome your own system recorded
+#: for the label window after ``as_of``. When the lake has one, training uses it instead
+#: of deriving labels from events (features are still built as of each ``as_of``).
+CHURN_LABELS = Table(
+    name="churn_labels",
+    required=False,
+    key=("customer_id", "as_of"),
+    columns=(
+        Column("customer_id", "id"),
+        Column("as_of", "timestamp"),
+        Column("churned", "bool"),
+    ),
+    foreign_keys=(ForeignKey("customer_id", "customers", "customer_id", "unknown customers"),),
+)
+
+LEAD_LABELS = Table(
+    name="lead_labels",
+    required=False,
+    key=("lead_id", "as_of"),
+    columns=(
+        Column("lead_id", "id"),
+        Column("as_of", "timestamp"),
+        Column("converted", "bool"),
+    ),
+    foreign_keys=(ForeignKey("lead_id", "leads", "lead_id", "unknown leads"),),
+)
+
+#: The tables that record what happened: features are computed from them, and their
+#: timestamps span the lake's events (label tables hold outcomes, not events).
+EVENT_TABLES: dict[str, Table] = {
     t.name: t
     for t in (CUSTOMERS, PRODUCTS, ORDERS, SUBSCRIPTIONS, INTERACTIONS, LEADS, LEAD_ACTIVITIES)
 }
+#: Every contract table, in dependency order (referenced tables first).
+TABLES: dict[str, Table] = {**EVENT_TABLES, CHURN_LABELS.name: CHURN_LABELS, LEAD_LABELS.name: LEAD_LABELS}
 REQUIRED_TABLES: tuple[str, ...] = tuple(n for n, t in TABLES.items() if t.required)
 #: A lake needs at least one of these: what customers do is either buy (orders) or
 #: subscribe (subscriptions). Without both, no feature or label can say anything.

@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, Field
 
-from crmdata.contract import TABLES, AttributeKind
+from crmdata.contract import EVENT_TABLES, TABLES, AttributeKind
 from crmdata.errors import CrmscoreError
 from crmdata.times import as_utc
 
@@ -128,13 +128,14 @@ def last_event(lake: Path) -> datetime:
 
 
 def event_span(lake: Path) -> tuple[datetime, datetime]:
-    """The earliest and the latest timestamp in any table of the lake."""
+    """The earliest and the latest timestamp in any event table of the lake (a label table's
+    ``as_of`` dates say when outcomes were judged, not that something happened)."""
     import duckdb
 
     first: datetime | None = None
     latest: datetime | None = None
     con = duckdb.connect()
-    for name, table in TABLES.items():
+    for name, table in EVENT_TABLES.items():
         path = table_path(lake, name)
         if not path.exists() or not table.timestamp_columns:
             continue

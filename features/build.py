@@ -20,7 +20,15 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, Field
 
-from crmdata.contract import ACTIVITY_TABLES, CUSTOMERS, LEADS, ORDERS, PRODUCTS, TABLES, TIMESTAMP
+from crmdata.contract import (
+    ACTIVITY_TABLES,
+    CUSTOMERS,
+    EVENT_TABLES,
+    LEADS,
+    ORDERS,
+    PRODUCTS,
+    TIMESTAMP,
+)
 from crmdata.errors import CrmscoreError
 from crmdata.lake import atomic_dir, read_manifest, table_path
 from crmdata.times import as_utc
@@ -158,7 +166,7 @@ def _compute(
     if not snapshots:
         raise CrmscoreError("no snapshot dates to build features for")
     manifest = read_manifest(lake)
-    present = {name for name in TABLES if table_path(lake, name).exists()}
+    present = {name for name in EVENT_TABLES if table_path(lake, name).exists()}
     if CUSTOMERS.name not in present:
         raise CrmscoreError(f"{lake}: the lake has no {CUSTOMERS.name} table (required)")
     if not present & set(ACTIVITY_TABLES):
@@ -190,8 +198,8 @@ def _compute(
     summary = BuildSummary(
         lake=str(lake),
         as_of=snapshots,
-        tables_present=[t for t in TABLES if t in present],
-        tables_missing=[t for t in TABLES if t not in present],
+        tables_present=[t for t in EVENT_TABLES if t in present],
+        tables_missing=[t for t in EVENT_TABLES if t not in present],
         entities=summaries,
         seconds=round(time.perf_counter() - started, 3),
         lake_created_at=manifest.created_at,

@@ -22,7 +22,15 @@ from typing import Literal
 
 import polars as pl
 
-from crmdata.contract import LEADS, ORDERS, PRODUCTS, SUBSCRIPTIONS, TIMESTAMP
+from crmdata.contract import (
+    CHURN_LABELS,
+    LEAD_LABELS,
+    LEADS,
+    ORDERS,
+    PRODUCTS,
+    SUBSCRIPTIONS,
+    TIMESTAMP,
+)
 from crmdata.errors import CrmscoreError
 from crmdata.lake import last_event, read_table
 from crmdata.times import as_utc
@@ -253,3 +261,24 @@ def next_product_labels(
         owned_one_off = owned.join(one_off, on=pkey, how="semi")
         bought = bought.join(owned_one_off, on=[key, CUTOFF, pkey], how="anti")
     return bought.with_columns(pl.lit(1, pl.Int8).alias(LABEL)).sort(CUTOFF, key, pkey)
+
+
+#: Label tables you bring, and the outcome column of each (crmdata/contract.py).
+BROUGHT_LABELS: dict[str, str] = {CHURN_LABELS.name: "churned", LEAD_LABELS.name: "converted"}
+
+
+def brought_labels(lake: Path, table: str, *, window_days: int, as_of: datetime | None = None) -> pl.DataFrame | None:
+    """The lake's own label table as a labels frame (key, ``event_timestamp`` = its ``as_of``,
+    ``label``), or None when the lake has no such table.
+
+    Trained as of T, a row counts only if its outcome was known by T: its ``as_of`` plus
+    the label window ends by T, as for derived labels.
+    """
+    frame = read_table(lake, table)
+    if frame is None:
+        return None
+    key = frame.columns[0]
+    labels = frame.select(key, pl.col("as_of").alias(CUTOFF), pl.col(BROUGHT_LABELS[table]).cast(pl.Int8).alias(LABEL))
+    if as_of is not None:
+        labels = labels.filter(pl.col(CUTOFF) + pl.duration(days=window_days) <= as_utc(as_of))
+    return labels.sort(CUTOFF, key)

@@ -174,3 +174,147 @@ def test_a_model_trained_as_of_t_uses_no_event_after_t(tmp_path_factory: pytest.
         seen = pl.read_parquet(root / "f_full" / table_file(entity))
         known = pl.read_parquet(root / "f_past" / table_file(entity)).filter(pl.col(key) != "C-export")
         assert_frame_equal(seen, known)
+
+
+# --- labels you bring -------------------------------------------------------------------------
+
+
+def _with_churn_labels(root: Path, rows: list[dict]) -> Path:
+    tables = tiny_tables()
+    tables["churn_labels"] = contract_frame("churn_labels", rows)
+    return write_lake(root, tables)
+
+
+def test_brought_labels_are_a_labels_frame_and_respect_as_of(tmp_path: Path) -> None:
+    from features.labels import brought_labels
+
+    lake = _with_churn_labels(tmp_path / "lake", [
+        {"customer_id": "C1", "as_of": datetime(2023, 6, 1, tzinfo=UTC), "churned": True},
+        {"customer_id": "C2", "as_of": datetime(2023, 6, 1, tzinfo=UTC), "churned": False},
+        {"customer_id": "C1", "as_of": datetime(2023, 9, 1, tzinfo=UTC), "churned": False},
+    ])
+    got = brought_labels(lake, "churn_labels", window_days=90)
+    assert got is not None
+    assert got.to_dicts() == [
+        {"customer_id": "C1", "event_timestamp": datetime(2023, 6, 1, tzinfo=UTC), "label": 1},
+        {"customer_id": "C2", "event_timestamp": datetime(2023, 6, 1, tzinfo=UTC), "label": 0},
+        {"customer_id": "C1", "event_timestamp": datetime(2023, 9, 1, tzinfo=UTC), "label": 0},
+    ]
+    # As of 2023-10-01, only the June labels' 90-day windows have ended (June 1 + 90 d = Aug 30).
+    early = brought_labels(lake, "churn_labels", window_days=90, as_of=datetime(2023, 10, 1, tzinfo=UTC))
+    assert early is not None and early["event_timestamp"].unique().to_list() == [datetime(2023, 6, 1, tzinfo=UTC)]
+    assert brought_labels(lake, "lead_labels", window_days=60) is None
+    # A label's date is when an outcome was judged, not an event: the lake's span is unchanged.
+    from crmdata.lake import event_span
+    assert event_span(lake) == event_span(write_lake(tmp_path / "plain"))
+
+
+def test_brought_labels_are_validated_like_every_table(tmp_path: Path) -> None:
+    from crmdata.importer import import_lake
+
+    (tmp_path / "customers.csv").write_text("id,signup\nC1,2023-01-05\nC2,2023-02-01\n")
+    (tmp_path / "subs.csv").write_text("id,customer,start\nS1,C1,2023-01-05\nS2,C2,2023-02-01\n")
+    mapping = tmp_path / "mapping.yaml"
+
+    def run(labels: str) -> str:
+        (tmp_path / "labels.csv").write_text(labels)
+        mapping.write_text(
+            "tables:\n"
+            "  customers: {path: customers.csv, columns: {customer_id: id, signup_at: signup},\n"
+            "              constants: {country: US, segment: smb, industry: x, acquisition_channel: web}}\n"
+            "  subscriptions: {path: subs.csv, columns: {subscription_id: id, customer_id: customer,\n"
+            "                  started_at: start}, constants: {plan: basic, monthly_price: 9.0, ended_at: null}}\n"
+            "  churn_labels: {path: labels.csv, columns: {customer_id: customer, as_of: date,\n"
+            "                 churned: churned}}\n")
+        with pytest.raises(CrmscoreError) as info:
+            import_lake(mapping, tmp_path / "lake")
+        assert not (tmp_path / "lake").exists()
+        return str(info.value)
+
+    assert run("customer,date,churned\nC1,2023-06-01,yes\nC9,2023-06-01,no\nC8,2023-06-01,no\n") == (
+        "imported data breaks the contract (1 problem(s), nothing written): "
+        "churn_labels.customer_id: 2 rows reference unknown customers")
+    assert run("customer,date,churned\nC1,2023-06-01,yes\nC2,2099-06-01,no\n").startswith(
+        "imported data breaks the contract (1 problem(s), nothing written): "
+        "churn_labels.as_of: 1 rows are in the future")
+    assert run("customer,date,churned\nC1,2023-06-01,yes\nC1,2023-06-01,no\n") == (
+        "imported data breaks the contract (1 problem(s), nothing written): "
+        "churn_labels.customer_id,as_of: 2 rows share a duplicate (customer_id, as_of)")
+    assert run("customer,date,churned\nC1,2023-06-01,yes\nC2,2023-06-01,maybe\n") == (
+        "churn_labels.churned: source column 'churned': 1 value(s) are not booleans "
+        "(true/t/yes/y/1 or false/f/no/n/0) (e.g. 'maybe')")
+
+
+def test_labels_at_fewer_than_three_dates_are_split_by_entity_and_stratified(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import pandas as pd
+
+    from training.frames import brought_split
+    from training.trainer import split_by_entity
+
+    # 100 customers at two dates; 20 churned at some date. Every row of a customer in one fold.
+    ids = [f"C{i:03d}" for i in range(100)]
+    frame = pd.DataFrame({"customer_id": ids * 2,
+                          "event_timestamp": pd.to_datetime(["2024-01-01"] * 100 + ["2024-04-01"] * 100, utc=True),
+                          "label": [int(i < 10) for i in range(100)] + [int(10 <= i < 20) for i in range(100)]})
+    train, valid, holdout = split_by_entity(frame, "customer_id")
+    folds = [set(f["customer_id"]) for f in (train, valid, holdout)]
+    assert [len(f) for f in folds] == [60, 20, 20]
+    assert not (folds[0] & folds[1]) and not (folds[0] & folds[2]) and not (folds[1] & folds[2])
+    churners = {f"C{i:03d}" for i in range(20)}
+    assert [len(f & churners) for f in folds] == [12, 4, 4]
+    assert len(train) + len(valid) + len(holdout) == 200
+
+    labels = pl.from_pandas(frame)
+    with caplog.at_level(logging.INFO, logger="training.frames"):
+        assert brought_split("churn_labels", labels) == "entity"
+    assert "This is a cross-sectional model, not a forecast" in caplog.text
+    third = labels.head(3).with_columns(pl.lit(datetime(2024, 7, 1, tzinfo=UTC)).cast(labels["event_timestamp"].dtype)
+                                        .alias("event_timestamp"))
+    assert brought_split("churn_labels", pl.concat([labels, third])) == "time"
+    with pytest.raises(CrmscoreError, match=r"^churn_labels: no labels whose window is observed"):
+        brought_split("churn_labels", labels.clear())
+
+
+@pytest.mark.slow
+def test_churn_trains_on_brought_labels_at_two_dates_as_a_cross_sectional_model(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from mlflow import MlflowClient
+
+    from crmdata.contract import TIMESTAMP
+    from crmdata.lake import table_path
+    from crmdata.truth import CHURN_FILE, read_truth_table
+    from features.labels import churn_labels
+    from pipelines.scoring.job import score
+    from pipelines.scoring.types import ScoreOptions
+    from tests.test_score_world import workspace_copy
+    from training.registry import promote
+
+    with workspace_copy(tmp_path_factory, "brought") as ws:
+        truth = read_truth_table(ws.lake, CHURN_FILE, ["cutoff"])
+        assert truth is not None
+        dates = truth["cutoff"].unique().sort().to_list()[-4:-2]  # two dates whose 90 days are observed
+        derived = churn_labels(ws.lake, dates, window_days=90, mode="subscription")
+        brought = derived.select("customer_id", pl.col("event_timestamp").cast(TIMESTAMP).alias("as_of"),
+                                 (pl.col("label") == 1).alias("churned"))
+        brought.write_parquet(table_path(ws.lake, "churn_labels"))
+
+        result = train_task(ws, get_task("churn"), min_positives=20)
+        client = MlflowClient()
+        run = client.get_run(result.run_id)
+        assert run.data.tags["labels"] == "churn_labels"
+        assert run.data.tags["split"] == "entity" and run.data.tags["cross_sectional"] == "true"
+        rows = sum(int(run.data.params[f"{f}_rows"]) for f in ("train", "valid", "holdout"))
+        assert rows == brought.height
+        card = client.download_artifacts(result.run_id, "model_card.md")
+        assert "**a cross-sectional model, not a forecast**" in Path(card).read_text()
+        # The champion learnt derived labels: another target, so no automatic promotion.
+        assert not result.promoted
+        assert "predicts another target (subscription mode, 90 days, labels from events)" in result.reason
+
+        promote(client, "crm-churn", result.version, "test")
+        scored = score(ws, "churn", options=ScoreOptions(reasons="none"))
+        assert scored.model_version == result.version and scored.rows == scored.entities > 0
+        assert scored.drift is not None and scored.drift["reference_rows"] == int(run.data.params["holdout_rows"])

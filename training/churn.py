@@ -2,7 +2,9 @@
 
 Subscription mode (default when the lake has subscriptions): an active
 subscription at the cutoff ends within W days. Transactional mode: a customer
-who ordered in the look-back orders nothing within W days.
+who ordered in the look-back orders nothing within W days. A lake with a
+``churn_labels`` table brings its own labels: they replace the derived ones, and
+the features are built as of each of its dates.
 """
 
 from __future__ import annotations
@@ -15,24 +17,28 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from crmdata.contract import CHURN_LABELS
 from crmdata.errors import CrmscoreError
 from crmdata.lake import read_table
 from crmdata.truth import CHURN_FILE, P_CHURN, truth_window_days
 from crmdata.workspace import Workspace
-from features.labels import churn_labels
+from features.labels import brought_labels, churn_labels
 from training.frames import (
+    TIME_SPLIT_DATES,
     as_of_tag,
     attach_oracle,
+    brought_split,
     choose_cutoffs,
     column,
     ensure_snapshots,
+    label_dates,
     labelled_frame,
     logistic,
     model_features,
 )
 from training.model import ModelSpec
 from training.tasks import CHURN
-from training.trainer import BinaryTask, TrainResult, train_binary
+from training.trainer import BinaryTask, Split, TrainResult, train_binary
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ CHURN_LABEL_SOURCE = {
     "transactional": "churn labels come from orders (a customer who ordered in the year before a cutoff "
                      "and not in the window after it)",
 }
+BRING_LABELS = f"bring labels in a {CHURN_LABELS.name} table (docs/your-data.md)"
 
 
 def recency_ticket_rule(frame: pd.DataFrame, mode: str) -> np.ndarray:
@@ -78,24 +85,33 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.win
     # Synthetic worlds simulate subscription churn over one window: the oracle compares only there.
     truth = CHURN_FILE if mode == "subscription" and window_days == truth_window_days(ws.lake, "churn") else None
     started = time.perf_counter()
-    cutoffs = choose_cutoffs(ws.lake, window_days, truth, as_of)
-    ensure_snapshots(ws, cutoffs)
-    labels = churn_labels(ws.lake, cutoffs, window_days=window_days, mode=mode)
+    labels = brought_labels(ws.lake, CHURN_LABELS.name, window_days=window_days, as_of=as_of)
+    split: Split = "time"
+    label_table, label_source, advice = None, CHURN_LABEL_SOURCE[mode], BRING_LABELS
+    if labels is None:
+        cutoffs = choose_cutoffs(ws.lake, window_days, truth, as_of)
+        ensure_snapshots(ws, cutoffs)
+        labels = churn_labels(ws.lake, cutoffs, window_days=window_days, mode=mode)
+    else:
+        split, label_table, truth = brought_split(CHURN_LABELS.name, labels), CHURN_LABELS.name, None
+        label_source, advice = f"churn labels come from the lake's {CHURN_LABELS.name} table", ""
+        ensure_snapshots(ws, label_dates(labels))
     frame = labelled_frame(ws, CHURN.feature_service, labels, profile)
     key = CHURN.key_column
     features = model_features(frame, key)
     categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
     spec = ModelSpec(task=CHURN.key, model_name=CHURN.model_name, feature_service=CHURN.feature_service, entity_key=key,
                      features=features, categories={c: [] for c in categorical},
-                     label_window_days=window_days, mode=mode)
+                     label_window_days=window_days, mode=mode, label_table=label_table)
     task = BinaryTask(spec=spec, segment_column="segment", grading=CHURN.grades,
                       baseline_name="recency/ticket rule", positive_noun="churned customers",
                       negative_noun="retained customers", min_positives=min_positives,
-                      label_source=CHURN_LABEL_SOURCE[mode],
-                      advice="bring labels in a churn_labels table (docs/your-data.md)")
+                      label_source=label_source, advice=advice, split=split,
+                      min_cutoffs=TIME_SPLIT_DATES if label_table else 4)
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CHURN) if truth else None
     frame_seconds = time.perf_counter() - started
+    tags = {"lake": str(ws.lake), "labels": label_table or "derived from events", **as_of_tag(as_of)}
     result = train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
-                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake), **as_of_tag(as_of)})
+                          source=ws.feature_tables, extra_tags=tags)
     result.seconds["frame"] = frame_seconds
     return result

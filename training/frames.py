@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,28 @@ def model_features(frame: pd.DataFrame, key: str) -> list[str]:
     gave except the key, the cutoff, the label, and the catalogue's fields that are served
     but never a model input (e.g. a lead's status, which says who can be scored)."""
     return [c for c in frame.columns if c not in (key, EVENT_TIMESTAMP, "label") and c not in NOT_MODEL_INPUTS]
+
+
+#: Fewest distinct label dates a time split needs: train, validation and holdout one each.
+TIME_SPLIT_DATES = 3
+
+
+def label_dates(labels: pl.DataFrame) -> list[datetime]:
+    """The distinct cutoffs (``event_timestamp``) of a labels frame, oldest first."""
+    return [as_utc(d) for d in labels[EVENT_TIMESTAMP].unique().sort().to_list()]
+
+
+def brought_split(table: str, labels: pl.DataFrame) -> Literal["time", "entity"]:
+    """How to split labels you brought, said in the log: by time when they have enough dates
+    (a forecast, as for derived labels), else at random by entity (a cross-sectional model)."""
+    if labels.height == 0:
+        raise CrmscoreError(f"{table}: no labels whose window is observed by the training date")
+    dates = label_dates(labels)
+    log.info("training on the lake's %s table: %d labels at %d date(s), %s … %s; features as of each date",
+             table, labels.height, len(dates), f"{dates[0]:%Y-%m-%d}", f"{dates[-1]:%Y-%m-%d}")
+    if len(dates) >= TIME_SPLIT_DATES:
+        return "time"
+    log.warning("%s has labels at %d date(s), fewer than %d: split at random by entity, stratified by label. "
+                "This is a cross-sectional model, not a forecast: its holdout is other entities at the same "
+                "date(s), not a later date", table, len(dates), TIME_SPLIT_DATES)
+    return "entity"

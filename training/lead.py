@@ -1,7 +1,9 @@
 """The lead-scoring job: which open leads convert in the next W days.
 
 Reps work leads by grade (A–D); the baseline is the classic points-based lead
-score of marketing-automation tools.
+score of marketing-automation tools. A lake with a ``lead_labels`` table brings
+its own labels: they replace the ones derived from ``leads.converted_at``, and the
+features are built as of each of its dates.
 """
 
 from __future__ import annotations
@@ -13,24 +15,28 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from crmdata.contract import LEAD_LABELS
 from crmdata.errors import CrmscoreError
 from crmdata.lake import read_table
 from crmdata.truth import LEAD_FILE, P_CONVERT, truth_window_days
 from crmdata.workspace import Workspace
-from features.labels import lead_conversion_labels
+from features.labels import brought_labels, lead_conversion_labels
 from training.frames import (
+    TIME_SPLIT_DATES,
     as_of_tag,
     attach_oracle,
+    brought_split,
     choose_cutoffs,
     column,
     ensure_snapshots,
+    label_dates,
     labelled_frame,
     logistic,
     model_features,
 )
 from training.model import ModelSpec
 from training.tasks import LEAD
-from training.trainer import BinaryTask, TrainResult, train_binary
+from training.trainer import BinaryTask, Split, TrainResult, train_binary
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +73,33 @@ def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0
         raise CrmscoreError(f"{ws.lake}: lead scoring needs the leads table, which this lake does not have")
     truth = LEAD_FILE if window_days == truth_window_days(ws.lake, "lead") else None
     started = time.perf_counter()
-    cutoffs = choose_cutoffs(ws.lake, window_days, truth, as_of)
-    ensure_snapshots(ws, cutoffs)
-    labels = lead_conversion_labels(ws.lake, cutoffs, window_days=window_days)
+    labels = brought_labels(ws.lake, LEAD_LABELS.name, window_days=window_days, as_of=as_of)
+    split: Split = "time"
+    label_table, label_source = None, "lead labels come from leads.converted_at of leads open at the cutoff"
+    advice = f"bring labels in a {LEAD_LABELS.name} table (docs/your-data.md)"
+    if labels is None:
+        cutoffs = choose_cutoffs(ws.lake, window_days, truth, as_of)
+        ensure_snapshots(ws, cutoffs)
+        labels = lead_conversion_labels(ws.lake, cutoffs, window_days=window_days)
+    else:
+        split, label_table, truth = brought_split(LEAD_LABELS.name, labels), LEAD_LABELS.name, None
+        label_source, advice = f"lead labels come from the lake's {LEAD_LABELS.name} table", ""
+        ensure_snapshots(ws, label_dates(labels))
     frame = labelled_frame(ws, LEAD.feature_service, labels, profile)
     key = LEAD.key_column
     features = model_features(frame, key)
     categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
     spec = ModelSpec(task=LEAD.key, model_name=LEAD.model_name, feature_service=LEAD.feature_service, entity_key=key,
-                     features=features, categories={c: [] for c in categorical}, label_window_days=window_days)
+                     features=features, categories={c: [] for c in categorical}, label_window_days=window_days,
+                     label_table=label_table)
     task = BinaryTask(spec=spec, segment_column="source", grading=LEAD.grades, baseline_name="points-based lead score",
                       positive_noun="converted leads", negative_noun="unconverted leads", min_positives=min_positives,
-                      label_source="lead labels come from leads.converted_at of leads open at the cutoff",
-                      advice="bring labels in a lead_labels table (docs/your-data.md)")
+                      label_source=label_source, advice=advice, split=split,
+                      min_cutoffs=TIME_SPLIT_DATES if label_table else 4)
     oracle = attach_oracle(frame, ws.lake, truth, key, P_CONVERT) if truth else None
     frame_seconds = time.perf_counter() - started
+    tags = {"lake": str(ws.lake), "labels": label_table or "derived from events", **as_of_tag(as_of)}
     result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune,
-                          source=ws.feature_tables, extra_tags={"lake": str(ws.lake), **as_of_tag(as_of)})
+                          source=ws.feature_tables, extra_tags=tags)
     result.seconds["frame"] = frame_seconds
     return result

@@ -46,6 +46,8 @@ class ModelSpec(BaseModel):
     categories: dict[str, list[str]] = {}
     label_window_days: int
     mode: str | None = None
+    #: The label table it was trained on (churn_labels, lead_labels); None: labels derived from events.
+    label_table: str | None = None
 
 
 def prepare_features(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:

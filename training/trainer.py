@@ -4,7 +4,9 @@ Input: a point-in-time training frame (one row per entity × cutoff, features of
 one feature service, a 0/1 label) plus baseline and, on synthetic worlds, oracle
 scores for the same rows. The frame is split by time: the newest cutoff is the
 holdout (evaluation and the promotion gate), the one before it the validation
-fold (early stopping, calibration, grade thresholds), the rest train.
+fold (early stopping, calibration, grade thresholds), the rest train. Labels
+brought at fewer than three dates cannot be split by time: they are split at
+random by entity instead (``split="entity"``), and the model is cross-sectional.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightgbm as lgb
 import mlflow
@@ -72,6 +74,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 MAX_ROUNDS = 2000
 EARLY_STOPPING = 100
+#: Shares of entities in the train and validation folds of a split by entity (the rest: holdout).
+ENTITY_SPLIT = (0.6, 0.2)
+
+Split = Literal["time", "entity"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,9 @@ class BinaryTask:
     #: subscription end dates"), and what the user can do about it.
     label_source: str = ""
     advice: str = ""
+    #: "time": train on the older cutoffs, validate and hold out the two newest (a forecast).
+    #: "entity": labels at too few dates for that; a stratified random split by entity.
+    split: Split = "time"
 
 
 class TrainResult(BaseModel):
@@ -112,6 +121,14 @@ class TrainResult(BaseModel):
 def check_minimum_data(frame: pd.DataFrame, task: BinaryTask) -> None:
     """Refuse to train on too little evidence, saying what is missing and how much."""
     advice = f"; {task.advice}" if task.advice else ""
+    if task.split == "entity":
+        for count, noun in ((int(frame[LABEL].sum()), task.positive_noun),
+                            (int(len(frame) - frame[LABEL].sum()), task.negative_noun)):
+            least = task.min_positives if noun == task.positive_noun else task.min_negatives
+            if count < least:
+                raise CrmscoreError(f"need ≥ {least} {noun} in the labels, found {count}: "
+                                    f"{task.label_source}{advice}")
+        return
     cutoffs = frame[CUTOFF].nunique()
     if cutoffs < task.min_cutoffs:
         raise CrmscoreError(
@@ -155,6 +172,20 @@ def split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     valid = frame[frame[CUTOFF] == cutoffs[-2]]
     train = frame[frame[CUTOFF].isin(cutoffs[:-2])]
     return train, valid, holdout
+
+
+def split_by_entity(frame: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train, validation and holdout folds of entities drawn at random, stratified by label
+    (an entity whose label is ever 1 counts as positive), every row of an entity in one fold."""
+    from sklearn.model_selection import train_test_split
+
+    entities = frame.groupby(key, sort=True)[LABEL].max()
+    train_share, valid_share = ENTITY_SPLIT
+    train_ids, rest = train_test_split(entities.index, train_size=train_share, stratify=entities, random_state=7)
+    valid_ids, _ = train_test_split(rest, train_size=valid_share / (1 - train_share), stratify=entities[rest],
+                                    random_state=7)
+    in_train, in_valid = frame[key].isin(train_ids), frame[key].isin(valid_ids)
+    return frame[in_train], frame[in_valid], frame[~in_train & ~in_valid]
 
 
 def pinned_requirements(*packages: str) -> list[str]:
@@ -226,11 +257,15 @@ def gate(client: MlflowClient, spec: ModelSpec, holdout: pd.DataFrame, y: np.nda
         champion = load(str(current.version))
     except CrmscoreError as exc:
         return False, f"champion v{current.version} cannot be loaded ({exc}); promote by hand"
-    if (champion.spec.mode, champion.spec.label_window_days) != (spec.mode, spec.label_window_days):
-        # Another target (e.g. transactional vs subscription churn): AUCs are not comparable.
+    target = (spec.mode, spec.label_window_days, spec.label_table)
+    if (champion.spec.mode, champion.spec.label_window_days, champion.spec.label_table) != target:
+        # Another target (e.g. transactional vs subscription churn, labels brought vs derived):
+        # AUCs are not comparable.
+        labels = (f", labels from {champion.spec.label_table or 'events'}"
+                  if champion.spec.label_table != spec.label_table else "")
         return False, (f"champion v{current.version} predicts another target "
-                       f"({champion.spec.mode or 'default'} mode, {champion.spec.label_window_days} days); "
-                       "promote by hand if this one should replace it")
+                       f"({champion.spec.mode or 'default'} mode, {champion.spec.label_window_days} days"
+                       f"{labels}); promote by hand if this one should replace it")
     try:
         p = champion.predict_proba(holdout)
     except CrmscoreError as exc:
@@ -266,7 +301,7 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
     order = frame[CUTOFF].argsort(kind="stable")
     frame, baseline = frame.iloc[order].reset_index(drop=True), np.asarray(baseline)[order]
     oracle = None if oracle is None else np.asarray(oracle)[order]
-    train, valid, holdout = split_by_time(frame)
+    train, valid, holdout = split_by_time(frame) if task.split == "time" else split_by_entity(frame, spec.entity_key)
     spec = spec.model_copy(update={"categories": fit_categories(train, list(spec.categories))})
     x_train, x_valid, x_hold = (prepare_features(f, spec) for f in (train, valid, holdout))
     y_train, y_valid, y_hold = (f[LABEL].to_numpy(dtype=int) for f in (train, valid, holdout))
@@ -314,6 +349,9 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
             "data_fingerprint": fingerprint(frame),
             "git_commit": git_commit(),
             "baseline": task.baseline_name,
+            "split": task.split,
+            # Said where people look: a random split by entity measures ranking, not forecasting.
+            **({"cross_sectional": "true"} if task.split == "entity" else {}),
             **(extra_tags or {}),
         })
         scores = {"model": p_hold, f"baseline ({task.baseline_name})": base_hold}
@@ -395,8 +433,12 @@ def model_card(task: BinaryTask, metrics: dict, base: dict, oracle: dict | None,
          + f", label window {spec.label_window_days} days"),
         f"- features: feature service `{spec.feature_service}` ({len(spec.features)} features)",
         (f"- holdout: the newest cutoff, {int(metrics['overall']['rows'])} rows, "
-         f"positive rate {metrics['overall']['positive_rate']:.3f}"),
-        f"- trees: {booster.best_iteration} (early stopping on the validation cutoff)",
+         f"positive rate {metrics['overall']['positive_rate']:.3f}") if task.split == "time" else
+        (f"- **a cross-sectional model, not a forecast**: the labels have fewer than 3 dates, so the rows "
+         f"were split at random by entity (stratified by label, 60/20/20); the holdout is "
+         f"{int(metrics['overall']['rows'])} rows of other entities at the same dates, positive rate "
+         f"{metrics['overall']['positive_rate']:.3f}"),
+        f"- trees: {booster.best_iteration} (early stopping on the validation fold)",
         "",
         "| metric | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
