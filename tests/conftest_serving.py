@@ -16,12 +16,22 @@ MLflow store first (``private_registry``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import math
 import os
+import random
 import shutil
-from collections.abc import Iterator
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,8 +128,6 @@ def build_world(home: Path) -> None:
 
 @pytest.fixture(scope="session")
 def serving_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingWorld]:
-    import polars as pl
-
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     # For a quick inner loop: reuse a world built by an earlier run (never changed by the tests).
@@ -138,6 +146,13 @@ def serving_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingW
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = saved
+    yield load_world(home)
+
+
+def load_world(home: Path) -> ServingWorld:
+    """The ids and PII of a world ``build_world`` made (the bench reuses both)."""
+    import polars as pl
+
     ws = Workspace(home)
     customers = pl.read_parquet(ws.lake / "customers.parquet")
     online = pl.read_parquet(ws.feature_tables / "customer.parquet",
@@ -149,7 +164,7 @@ def serving_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingW
     active = pl.col("subscription_active") == 1
     is_open = pl.col("lead_status") == "open"
     closed = newest_leads.filter(~is_open)
-    yield ServingWorld(ws=ws, tracking_uri=f"sqlite:///{home}/mlflow/mlflow.db",
+    return ServingWorld(ws=ws, tracking_uri=f"sqlite:///{home}/mlflow/mlflow.db",
                        customer_ids=newest.filter(active)["customer_id"].to_list(),
                        lead_ids=newest_leads.filter(is_open)["lead_id"].to_list(),
                        inactive_customer_ids=newest.filter(~active)["customer_id"].to_list(),
@@ -162,3 +177,307 @@ def private_registry(world: ServingWorld, tmp: Path) -> str:
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(world.ws.home / "mlflow" / "mlflow.db", db)
     return f"sqlite:///{db}"
+
+
+# --- a real server on the Redis profile (tests/test_reliability.py, bench/bench_reliability.py) ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` on a free port of 127.0.0.1: no snapshot, no AOF, so a
+    restart comes back empty. Faults go to this process only (never the shared :6379)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.5).ping():
+                    return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused one dies too
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class LiveServer:
+    """``crmscore serve --profile redis`` on a free port over a world: Redis is a
+    ``PrivateRedis``, Feast's SQL registry a SQLite file of its own (so the shared
+    PostgreSQL is not touched), keys in a private file. The world is only read."""
+
+    def __init__(self, world: ServingWorld, tmp: Path, log_level: str = "INFO",
+                 env: dict[str, str] | None = None) -> None:
+        self.world, self.tmp = world, tmp
+        self.redis = PrivateRedis()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "server.log"
+        self.registry_url = f"sqlite:///{tmp / 'feast_registry.db'}"
+        self.keys_file = tmp / "api_keys.json"
+        self.log_level = log_level
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.score_key = self.admin_key = ""
+
+    def store(self) -> Any:
+        from features.store import feature_store
+
+        return feature_store(self.world.ws, "redis", redis_url=f"redis://127.0.0.1:{self.redis.port}/0",
+                             registry_url=self.registry_url)
+
+    def materialize(self) -> None:
+        from features.materialize import materialize_latest
+
+        materialize_latest(self.store(), self.world.ws.feature_tables)
+
+    def start(self, ready_seconds: float = 240) -> None:
+        from features.store import apply_repository
+        from serving.auth import create_key
+
+        self.redis.start()
+        store = self.store()
+        apply_repository(store, self.world.ws.feature_tables, "redis")
+        self.materialize()
+        self.score_key, _ = create_key(self.keys_file, "score")
+        self.admin_key, _ = create_key(self.keys_file, "admin")
+        env = {**os.environ, **self.world.env(), "CRMSCORE_PROFILE": "redis",
+               "CRMSCORE_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+               "CRMSCORE_REGISTRY_URL": self.registry_url, "CRMSCORE_KEYS_FILE": str(self.keys_file),
+               "CRMSCORE_LOG_LEVEL": self.log_level, "TMPDIR": str(self.tmp), **self.extra_env}
+        repo = Path(__file__).resolve().parent.parent
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "crmscore"), "serve", "--profile", "redis", "--port",
+                 str(self.port), "--as-of", "snapshot", "--reload-seconds", "0"],
+                cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + ready_seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"crmscore serve exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            if self.readyz()[0] == 200:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"not ready after {ready_seconds}s:\n{self.log_text()[-3000:]}")
+
+    def readyz(self, timeout: float = 2.0) -> tuple[int, Any]:
+        import http.client
+        import json
+
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            conn.request("GET", "/readyz")
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            return response.status, json.loads(body or b"null")
+        except (OSError, ValueError):
+            return 0, None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.proc = None
+        self.redis.kill()
+
+
+# --- the OpenAPI document fuzzed against a live server (schemathesis) ---------------------
+
+
+@dataclass
+class FuzzReport:
+    cases: dict[str, int]  # operation -> cases sent
+    statuses: dict[int, int]  # HTTP status -> count
+    failures: list[str]  # check failures and server errors, first lines only
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status >= 500)
+
+
+def fuzz(url: str, key: str, admin_key: str, per_mode: int, seed: int | None = 0, deadline: float | None = None) -> FuzzReport:
+    """Every operation of ``url``'s ``/docs.json``, ``per_mode`` valid and ``per_mode``
+    invalid requests each (schemathesis' generators through Hypothesis, no shrinking),
+    every answer checked: not a 5xx, a documented status and content type, a body that
+    matches the documented schema. ``seed`` set makes the cases the same every run (CI);
+    ``None`` draws new ones (the bench). No new case is sent after ``deadline``
+    (``time.monotonic()``), if given."""
+    import requests
+    import schemathesis
+    from schemathesis.generation import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{url}/docs.json", timeout=30)
+    report = FuzzReport(cases={}, statuses={}, failures=[])
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                operation = result.ok()
+                own = admin_key if operation.path.startswith("/admin/") else key
+                _fuzz_operation(operation, mode, url, own, session, per_mode, seed, deadline, report)
+    return report
+
+
+def _fuzz_operation(operation: Any, mode: Any, url: str, key: str, session: Any, per_mode: int,
+                    seed: int | None, deadline: float | None, report: FuzzReport) -> None:
+    import hypothesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.core.failures import Failure, FailureGroup
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    label = f"{operation.method.upper()} {operation.path}"
+    settings = hypothesis.settings(
+        max_examples=per_mode, deadline=None, database=None, derandomize=seed is not None,
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        suppress_health_check=list(hypothesis.HealthCheck), verbosity=hypothesis.Verbosity.quiet)
+
+    @settings
+    @hypothesis.given(operation.as_strategy(generation_mode=mode, headers={"Authorization": f"Bearer {key}"}))
+    def run(case: Any) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        response = case.call(base_url=url, session=session, timeout=15)
+        report.cases[label] = report.cases.get(label, 0) + 1
+        report.statuses[response.status_code] = report.statuses.get(response.status_code, 0) + 1
+        try:
+            case.validate_response(response, checks=checks)
+        except (Failure, FailureGroup) as exc:  # keep the first line, go on
+            if len(report.failures) < 50:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                report.failures.append(f"{label} ({mode.value}) {response.status_code}: {first}")
+
+    try:
+        run()
+    except hypothesis.errors.Unsatisfiable:  # no invalid input exists (a GET without parameters)
+        pass
+
+
+# --- concurrent clients (tests/test_reliability.py, bench/bench_reliability.py) ---------
+
+
+@dataclass(frozen=True)
+class Call:
+    started: float  # time.monotonic() when sent
+    seconds: float  # until the whole answer was read (or the connection failed)
+    path: str
+    status: int  # 0: no HTTP answer (connection refused, reset or timed out)
+    items: tuple[str, ...]  # the per-item statuses of a 200
+    error: str = ""  # otherwise, the start of the body (or the exception)
+
+
+def hammer(url: str, key: str, plan: Callable[[random.Random], tuple[str, dict[str, Any]]], clients: int,
+           seconds: float, stop: threading.Event | None = None, rate: float | None = None,
+           timeout: float = 15.0) -> list[Call]:
+    """``clients`` threads, each with its own keep-alive connection, POST ``plan(rng)`` in a
+    loop for ``seconds`` (or until ``stop``); with ``rate``, all together send about that many
+    requests a second. Bounded in time; returns every call."""
+    import http.client
+    import json
+
+    host, port = url.removeprefix("http://").split(":")
+    calls: list[Call] = []
+    ends = time.monotonic() + seconds
+    stop = stop or threading.Event()
+    interval = clients / rate if rate else 0.0
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        next_at = time.monotonic() + rng.uniform(0, interval)
+        while not stop.is_set() and time.monotonic() < ends:
+            if interval:
+                pause = next_at - time.monotonic()
+                if pause > 0 and stop.wait(pause):
+                    break
+                next_at += interval
+            path, body = plan(rng)
+            started = time.monotonic()
+            status, items, error = 0, (), ""
+            try:
+                conn.request("POST", path, json.dumps(body), headers)
+                response = conn.getresponse()
+                data = response.read()
+                status = response.status
+                if status == 200:
+                    items = tuple(r["status"] for r in json.loads(data)["results"])
+                else:
+                    error = data[:200].decode(errors="replace")
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                error = repr(exc)[:200]
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+            calls.append(Call(started, time.monotonic() - started, path, status, items, error))
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + timeout + 30)
+    return calls
+
+
+def mixed_plan(world: ServingWorld, big: int = 100) -> Callable[[random.Random], tuple[str, dict[str, Any]]]:
+    """Half batch-1, half batch-``big`` calls over the three questions, by stored id only
+    (so every ``ok`` must have come from the store)."""
+    customers, leads = world.customer_ids, world.lead_ids
+
+    def plan(rng: random.Random) -> tuple[str, dict[str, Any]]:
+        n = 1 if rng.random() < 0.5 else big
+        which = rng.randrange(3)
+        if which == 0:
+            return "/churn_risk", {"customer_ids": rng.choices(customers, k=n), "explain": n == 1}
+        if which == 1:
+            return "/next_best_products", {"customer_ids": rng.choices(customers, k=n), "k": 5}
+        return "/lead_score", {"leads": [{"lead_id": i} for i in rng.choices(leads, k=n)], "explain": False}
+
+    return plan
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
