@@ -250,7 +250,13 @@ def _finish(ctx: SqlContext, entity: str, sql: str | None) -> tuple[pl.DataFrame
     schema |= {attribute_column(a): _ATTRIBUTE_KIND[k] for a, k in attributes.items()}
 
     note = None
-    if sql is None:
+    if not kept and not attributes:
+        # Feast infers a view's schema from its table and cannot register a view without a
+        # feature (a subscription lake has neither orders nor products): no feature means no
+        # rows, so the empty table keeps the catalogue's columns and the view stays registered.
+        frame = pl.DataFrame(schema=schema | {s.name: _POLARS_KIND[s.kind] for s in specs})
+        note = f"no {entity} feature can be computed from this lake: no rows"
+    elif sql is None:
         frame = pl.DataFrame(schema=schema)
         note = f"the lake has no {table.name} table: no rows"
     else:

@@ -24,8 +24,8 @@ from crmdata.contract import (
     COMPANY_SIZES,
     CUSTOM_ATTRIBUTE_DTYPES,
     EARLIEST_TIMESTAMP,
+    EVENT_TABLES,
     JOB_SENIORITIES,
-    TABLES,
     InteractionType,
     LeadActivityType,
 )
@@ -72,7 +72,7 @@ def test_same_seed_gives_byte_identical_tables_and_truth(tmp_path: Path) -> None
     generate_world(config, first)
     generate_world(config, second)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.name != "_lake.json")
-    assert len(files) >= len(TABLES) + 5
+    assert len(files) >= len(EVENT_TABLES) + 5
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), f"{rel} differs between runs"
     other = tmp_path / "c"
@@ -132,10 +132,10 @@ def test_calendar_epochs_fit_in_the_history_and_skip_the_warm_up() -> None:
 
 def test_every_table_has_exactly_the_contract_dtypes(lake: Path) -> None:
     manifest = read_manifest(lake)
-    assert manifest.tables == list(TABLES)
+    assert manifest.tables == list(EVENT_TABLES)
     assert "categorical" in manifest.attributes("customers").values()
     assert "numeric" in manifest.attributes("leads").values()
-    for name, spec in TABLES.items():
+    for name, spec in EVENT_TABLES.items():
         frame = _table(lake, name)
         expected = dict(spec.polars_schema())
         expected |= {c: CUSTOM_ATTRIBUTE_DTYPES[k] for c, k in manifest.attributes(name).items()}
@@ -151,8 +151,8 @@ def test_generated_lake_validates_without_errors(lake: Path) -> None:
 
 
 def test_keys_are_unique_ids_are_formatted_and_foreign_keys_hold(lake: Path) -> None:
-    frames = {name: _table(lake, name) for name in TABLES}
-    for name, spec in TABLES.items():
+    frames = {name: _table(lake, name) for name in EVENT_TABLES}
+    for name, spec in EVENT_TABLES.items():
         if spec.key:
             assert frames[name].select(spec.key).is_duplicated().sum() == 0, name
         for fk in spec.foreign_keys:
@@ -160,14 +160,14 @@ def test_keys_are_unique_ids_are_formatted_and_foreign_keys_hold(lake: Path) -> 
             assert values.is_in(frames[fk.table][fk.ref_column].implode()).all(), f"{name}.{fk.column}"
     assert frames["customers"]["customer_id"].str.contains(r"^C\d{7}$").all()
     assert frames["orders"]["order_id"].str.contains(r"^O\d{7,}$").all()
-    assert frames["leads"]["company_size"].is_in(list(TABLES["leads"].column("company_size").allowed)).all()
+    assert frames["leads"]["company_size"].is_in(list(EVENT_TABLES["leads"].column("company_size").allowed)).all()
     assert frames["interactions"]["type"].is_in([t.value for t in InteractionType]).all()
 
 
 def test_timestamps_lie_in_the_history(lake: Path) -> None:
     calendar = Calendar.of(CONFIG)
     start, end = calendar.origin, calendar.end
-    for name, spec in TABLES.items():
+    for name, spec in EVENT_TABLES.items():
         frame = _table(lake, name)
         for column in spec.timestamp_columns:
             values = frame[column].drop_nulls()
@@ -431,5 +431,5 @@ def test_cli_generate_writes_a_lake(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "churn oracle AUC" in result.output
-    assert read_manifest(out).tables == list(TABLES)
+    assert read_manifest(out).tables == list(EVENT_TABLES)
     assert (out / TRUTH_DIR / "world.json").exists()

@@ -23,9 +23,13 @@ def generate(
     products: Annotated[int, typer.Option(min=5, help="Products in the catalogue.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Output lake (default: HOME/lake).")] = None,
+    export_snapshot: Annotated[Path | None, typer.Option(
+        "--export-snapshot", help="Also write a labelled snapshot CSV (one row per active customer at the "
+                                  "newest churn cutoff; true probabilities in FILE_truth.csv).")] = None,
 ) -> None:
     """Generate a synthetic CRM world with ground truth (under OUT/_truth)."""
     from crmdata.synth import WorldConfig, generate_world
+    from crmdata.synth.snapshot import export_snapshot as write_snapshot
 
     config = WorldConfig(
         customers=customers,
@@ -36,6 +40,10 @@ def generate(
     target = out or workspace().lake
     summary = generate_world(config, target)
     console.print(summary.render())
+    if export_snapshot is not None:
+        snap = write_snapshot(target, export_snapshot)
+        console.print(f"snapshot export → {snap.file}: {snap.rows:,} customers at {snap.as_of:%Y-%m-%d}, "
+                      f"churn rate {snap.churn_rate:.3f}; true probabilities → {snap.truth_file}")
 
 
 @app.command()
