@@ -34,7 +34,7 @@ FUZZ_PER_MODE = 150
 LOAD_SECONDS = 12.0
 LOAD_CLIENTS = 32
 STALL_SECONDS = 5.0
-STALL_CLIENTS = 16
+STALL_CLIENTS = 8  # the bench uses 16; fewer here leave CI's CPU to the server
 
 
 def _needs_redis() -> None:
@@ -46,7 +46,8 @@ def _needs_redis() -> None:
 @pytest.fixture()
 def live(serving_world: ServingWorld, tmp_path: Path, request: pytest.FixtureRequest) -> LiveServer:
     _needs_redis()
-    server = LiveServer(serving_world, tmp_path, log_level=getattr(request, "param", "INFO"))
+    options = dict(getattr(request, "param", {}))
+    server = LiveServer(serving_world, tmp_path, log_level=options.pop("log_level", "INFO"), env=options)
     request.addfinalizer(server.stop)
     server.start()
     return server
@@ -77,6 +78,7 @@ def _slow_client(port: int, trickle: bool, out: dict[str, float]) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
         if trickle:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        s.setblocking(False)  # recv: b"" once the server closed, BlockingIOError while it waits
         for _ in range(60):
             try:
                 if trickle:
@@ -91,7 +93,12 @@ def _slow_client(port: int, trickle: bool, out: dict[str, float]) -> None:
     out["trickle" if trickle else "silent"] = time.monotonic() - started
 
 
-@pytest.mark.parametrize("live", ["DEBUG"], indirect=True)
+# The store deadline (0.6 s) is for a stalled store, tested below with its default; here
+# it is 2 s, because on a CPU-starved CI machine a healthy batch-100 read can take longer
+# than 0.6 s (the bench saw 1 such 503 in 13,075 calls at saturation) and this test is
+# about the server answering hostile input and load, not the deadline.
+@pytest.mark.parametrize("live", [{"log_level": "DEBUG", "CRMSCORE_STORE_DEADLINE_SECONDS": "2"}], indirect=True,
+                         ids=["debug"])
 def test_fuzz_load_slow_clients_and_clean_logs(live: LiveServer, serving_world: ServingWorld,
                                                 tmp_path: Path) -> None:
     # A Prometheus directory of its own (BentoML's default is shared by every instance
