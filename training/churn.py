@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from crmdata.contract import CHURN_LABELS
 from crmdata.errors import CrmscoreError
@@ -74,7 +76,8 @@ def recency_ticket_rule(frame: pd.DataFrame, mode: str) -> np.ndarray:
 
 
 def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.window_days, tune: int = 0,
-                profile: str = "local", min_positives: int = 200, as_of: datetime | None = None) -> TrainResult:
+                profile: str = "local", min_positives: int = 200, as_of: datetime | None = None,
+                register: bool = True) -> TrainResult:
     """Train, evaluate, register and gate the churn model of a workspace (with only what was
     observable at ``as_of``, when given)."""
     if mode == "auto":
@@ -112,6 +115,16 @@ def train_churn(ws: Workspace, mode: Mode = "auto", window_days: int = CHURN.win
     frame_seconds = time.perf_counter() - started
     tags = {"lake": str(ws.lake), "labels": label_table or "derived from events", **as_of_tag(as_of)}
     result = train_binary(task, frame, recency_ticket_rule(frame, mode), oracle, tune_trials=tune,
-                          source=ws.feature_tables, extra_tags=tags)
+                          source=ws.feature_tables, extra_tags=tags, register=register)
     result.seconds["frame"] = frame_seconds
     return result
+
+
+def outcomes(lake: Path, origin: datetime, window_days: int, spec: ModelSpec) -> pl.DataFrame:
+    """A backtest fold's evaluation labels: customers at risk at ``origin`` (the model's mode),
+    churned in the window after it."""
+    return churn_labels(lake, [origin], window_days=window_days, mode=spec.mode)  # type: ignore[arg-type]
+
+
+def baseline_scores(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    return recency_ticket_rule(frame, spec.mode or "transactional")

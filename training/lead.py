@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from crmdata.contract import LEAD_LABELS
 from crmdata.errors import CrmscoreError
@@ -66,7 +68,7 @@ def points_rule(frame: pd.DataFrame) -> np.ndarray:
 
 
 def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0, profile: str = "local",
-               min_positives: int = 200, as_of: datetime | None = None) -> TrainResult:
+               min_positives: int = 200, as_of: datetime | None = None, register: bool = True) -> TrainResult:
     """Train, evaluate, register and gate the lead-scoring model of a workspace (with only what
     was observable at ``as_of``, when given)."""
     if read_table(ws.lake, "leads", [LEAD.key_column]) is None:
@@ -100,6 +102,15 @@ def train_lead(ws: Workspace, window_days: int = LEAD.window_days, tune: int = 0
     frame_seconds = time.perf_counter() - started
     tags = {"lake": str(ws.lake), "labels": label_table or "derived from events", **as_of_tag(as_of)}
     result = train_binary(task, frame, points_rule(frame), oracle, tune_trials=tune,
-                          source=ws.feature_tables, extra_tags=tags)
+                          source=ws.feature_tables, extra_tags=tags, register=register)
     result.seconds["frame"] = frame_seconds
     return result
+
+
+def outcomes(lake: Path, origin: datetime, window_days: int, spec: ModelSpec) -> pl.DataFrame:
+    """A backtest fold's evaluation labels: leads open at ``origin``, converted in the window after it."""
+    return lead_conversion_labels(lake, [origin], window_days=window_days)
+
+
+def baseline_scores(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    return points_rule(frame)

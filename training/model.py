@@ -158,25 +158,42 @@ def load_model(name: str, alias: str | None = CHAMPION, version: str | None = No
         wanted = f"version {version}" if version else f"alias @{alias}"
         raise CrmscoreError(f"{name} has no {wanted}; train one with `crmscore train`") from None
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}"))
+    model = _from_files(local, name, str(mv.version), alias if not version else None, mv.run_id,
+                        f"{name} version {mv.version}")
+    log.info("loaded %s version %s (%s)", name, model.version, alias or "by number")
+    return model
+
+
+def load_run_model(run_id: str) -> ScoringModel:
+    """The model a training run logged, registered or not (a backtest fold's)."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model"))
+    except MlflowException as exc:
+        raise CrmscoreError(f"training run {run_id} has no logged model ({exc.message.splitlines()[0]})") from None
+    model = _from_files(local, "", "", None, run_id, f"training run {run_id}")
+    model.name = model.spec.model_name
+    return model
+
+
+def _from_files(local: Path, name: str, version: str, alias: str | None, run_id: str | None,
+                what: str) -> ScoringModel:
     booster_path = next(local.rglob(BOOSTER_FILE), None)
     if booster_path is None:
-        raise CrmscoreError(f"{name} version {mv.version}: no {BOOSTER_FILE} in its artifacts")
+        raise CrmscoreError(f"{what}: no {BOOSTER_FILE} in its artifacts")
 
     def companion(file: str) -> str:
         found = next(local.rglob(file), None)
         if found is None:
-            raise CrmscoreError(f"{name} version {mv.version}: no {file} in its artifacts")
+            raise CrmscoreError(f"{what}: no {file} in its artifacts")
         return found.read_text()
 
-    model = ScoringModel(
+    return ScoringModel(
         name=name,
-        version=str(mv.version),
-        alias=alias if not version else None,
-        run_id=mv.run_id,
+        version=version,
+        alias=alias,
+        run_id=run_id,
         booster=lgb.Booster(model_file=str(booster_path)),
         calibrator=Calibrator.model_validate_json(companion(CALIBRATOR_FILE)),
         grading=Grading.model_validate_json(companion(GRADING_FILE)),
         spec=ModelSpec.model_validate_json(companion(SPEC_FILE)),
     )
-    log.info("loaded %s version %s (%s)", name, model.version, alias or "by number")
-    return model

@@ -52,6 +52,9 @@ class Task:
     """Name of the grade in answers and score tables (``band`` for churn, ``grade`` for leads)."""
     needs: tuple[str, ...] = ()
     """Contract tables the task cannot do without."""
+    backtest: str = ""
+    """``module:`` of a binary task's backtest hooks: ``outcomes(lake, origin, window_days, spec)``,
+    the labels of the population at ``origin``, and ``baseline_scores(frame, spec)``, its rule."""
 
     @property
     def key_column(self) -> str:
@@ -60,6 +63,10 @@ class Task:
     def train_function(self) -> Callable[..., Any]:
         module, _, name = self.trainer.partition(":")
         return getattr(importlib.import_module(module), name)
+
+    def backtest_hooks(self) -> Any:
+        """The module holding ``outcomes`` and ``baseline_scores`` (loaded lazily), or None."""
+        return importlib.import_module(self.backtest) if self.backtest else None
 
 
 CHURN = Task(
@@ -74,6 +81,7 @@ CHURN = Task(
     window_days=90,
     trainer="training.churn:train_churn",
     scorer="binary",
+    backtest="training.churn",
     # "high" is the top 10% of risk, "medium" the next 20%.
     grades=(["high", "medium", "low"], [0.10, 0.20, 0.70]),
     grade_column="band",
@@ -90,6 +98,7 @@ LEAD = Task(
     window_days=60,
     trainer="training.lead:train_lead",
     scorer="binary",
+    backtest="training.lead",
     # Like the A/B/C/D tiers of the 80/20 rule: A is the top 10% of leads.
     grades=(["A", "B", "C", "D"], [0.10, 0.20, 0.30, 0.40]),
     grade_column="grade",

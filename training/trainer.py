@@ -44,6 +44,7 @@ from training.model import (
 )
 from training.registry import (
     CHAMPION,
+    Registration,
     configure_mlflow,
     ensure_experiment,
     git_commit,
@@ -283,8 +284,12 @@ def gate(client: MlflowClient, spec: ModelSpec, holdout: pd.DataFrame, y: np.nda
 
 def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, oracle: np.ndarray | None,
                  params: dict[str, Any] | None = None, tune_trials: int = 0,
-                 extra_tags: dict[str, str] | None = None, source: Path | None = None) -> TrainResult:
+                 extra_tags: dict[str, str] | None = None, source: Path | None = None,
+                 register: bool = True) -> TrainResult:
     """Fit, calibrate, evaluate, log, register and (maybe) promote one model.
+
+    ``register=False`` (a backtest fold) logs the run and its model but registers no
+    version and moves no alias; inside an active run (the backtest's) the run is nested.
 
     ``source`` is where ``frame`` was read from (the workspace's feature tables), for
     the run's logged inputs.
@@ -309,7 +314,8 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
 
     client = configure_mlflow()
     ensure_experiment(client, spec.model_name)
-    with mlflow.start_run(run_name=f"{spec.task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+    with mlflow.start_run(run_name=f"{spec.task}-{time.strftime('%Y%m%d-%H%M%S')}",
+                          nested=mlflow.active_run() is not None) as run:
         started = time.perf_counter()
         if tune_trials:
             params = tune(params, tune_trials, x_train, y_train, x_valid, y_valid, list(spec.categories))
@@ -386,13 +392,15 @@ def train_binary(task: BinaryTask, frame: pd.DataFrame, baseline: np.ndarray, or
                        f"PR-AUC {overall['pr_auc']:.4f}, log loss {overall['log_loss']:.4f}, "
                        f"ECE {overall['ece']:.4f} on {len(holdout):,} holdout rows "
                        f"({inputs.cutoff_span(holdout[CUTOFF])})")
-        registration = register_and_gate(client, spec.model_name, info.model_uri,
-                                         ("roc_auc", overall["roc_auc"]), champion_gate, description=description)
+        registration = (register_and_gate(client, spec.model_name, info.model_uri, ("roc_auc", overall["roc_auc"]),
+                                          champion_gate, description=description) if register else
+                        Registration(version="", promoted=False, reason="not registered (backtest fold)"))
         timings["total_in_run"] = time.perf_counter() - started
         mlflow.log_metrics({f"seconds.{k}": v for k, v in timings.items()})
 
     return TrainResult(
-        model=spec.model_name, version=registration.version, run_id=run.info.run_id, alias=registration.alias,
+        model=spec.model_name, version=registration.version, run_id=run.info.run_id,
+        alias=registration.alias if register else "",
         metrics=metrics, baseline=base_metrics, oracle=oracle_metrics, promoted=registration.promoted,
         reason=registration.reason, seconds=timings,
     )

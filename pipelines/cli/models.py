@@ -63,6 +63,34 @@ def train(
     )
 
 
+@app.command()
+@handle_errors
+def backtest(
+    target: Annotated[TaskKey, typer.Argument(help="The task to backtest (churn or lead).")],
+    start: Annotated[str | None, typer.Option("--from", help="Oldest origin, YYYY-MM-DD (default: 6 folds).")] = None,
+    end: Annotated[str | None, typer.Option(
+        "--to", help="Newest origin, YYYY-MM-DD (default: the newest whose window the data covers).")] = None,
+    every: Annotated[str, typer.Option(help="Spacing of the origins, e.g. 30d or 4w.")] = "30d",
+    window: Annotated[int | None, typer.Option(min=1, help="Label window in days (default: the task's).")] = None,
+    profile: Annotated[str, typer.Option(help="Feature store profile: local or redis.")] = "local",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Rolling-origin backtest: train as of each origin, score its population, judge the window after it."""
+    from features.grid import parse_every
+    from pipelines.backtest import backtest as run_backtest
+    from pipelines.scoring.inputs import parse_as_of
+    from training.tasks import get_task
+
+    result = run_backtest(workspace(), get_task(target.value), start=parse_as_of(start), end=parse_as_of(end),
+                          every=parse_every(every), window_days=window, profile=profile)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    console.print(result.render())
+    console.print(f"MLflow parent run {result.parent_run_id}: {len(result.folds)} nested fold runs, "
+                  f"{result.seconds:.0f} s")
+
+
 @models_app.command("list")
 @handle_errors
 def models_list(
