@@ -70,8 +70,18 @@ class EscapeControl(logging.Filter):
         return True
 
 
+#: Loggers whose messages carry what a client sent (the request path). Their records are
+#: escaped where they are made, so no handler sees them raw, whichever runs first.
+CLIENT_INPUT_LOGGERS = ("bentoml.access", "serving.auth")
+
+
 def install_log_filter() -> None:
-    """Put ``EscapeControl`` on every handler the server configured (root, BentoML's, ours)."""
+    """Put ``EscapeControl`` on the loggers that carry client input, and on every handler
+    the server configured (root, BentoML's, ours) for anything else."""
+    for name in CLIENT_INPUT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, EscapeControl) for f in logger.filters):
+            logger.addFilter(EscapeControl())
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
