@@ -504,10 +504,19 @@ def test_a_partial_row_is_incomplete_features_and_an_empty_store_is_never_ok(
 
 
 def test_hostile_input_gets_the_error_schema_and_stays_out_of_the_logs(
-        http: Http, serving_world: ServingWorld, caplog: pytest.LogCaptureFixture) -> None:
+        http: Http, serving_world: ServingWorld, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from serving.schemas import ErrorResponse
 
     caplog.set_level(logging.DEBUG)
+    # The guard's log and BentoML's access log (which carries the path as sent) are what is
+    # judged; another test's logging setup (a dictConfig) may have disabled or detached them
+    # in this process: make sure their records reach caplog.
+    for name in ("serving", "serving.auth", "bentoml.access"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "disabled", False)
+        monkeypatch.setattr(logger, "propagate", True)
+        monkeypatch.setattr(logger, "level", logging.DEBUG)
     email, name = serving_world.pii[len(serving_world.pii) // 3], serving_world.pii[0]
     auth = {"Authorization": f"Bearer {http.score_key}"}
     hostile = [
