@@ -30,7 +30,8 @@ def train(
         str, typer.Option(help="Churn only: subscription, transactional or auto (by the lake's tables).")
     ] = "auto",
     window: Annotated[
-        int | None, typer.Option(min=1, help="Label window in days (default: the task's, see training/tasks.py).")
+        int | None, typer.Option("--window", "--horizon", min=1, help="Label window (customer value: horizon) in "
+                                 "days (default: the task's, see training/tasks.py).")
     ] = None,
     tune: Annotated[int, typer.Option(min=0, help="Optuna trials before the final fit (0: none).")] = 0,
     algorithm: Annotated[str, typer.Option(help="nbp only: als (default) or bpr.")] = "als",
@@ -71,7 +72,9 @@ def backtest(
     end: Annotated[str | None, typer.Option(
         "--to", help="Newest origin, YYYY-MM-DD (default: the newest whose window the data covers).")] = None,
     every: Annotated[str, typer.Option(help="Spacing of the origins, e.g. 30d or 4w.")] = "30d",
-    window: Annotated[int | None, typer.Option(min=1, help="Label window in days (default: the task's).")] = None,
+    window: Annotated[int | None, typer.Option("--window", "--horizon", min=1,
+                                               help="Label window (customer value: horizon) in days "
+                                                    "(default: the task's).")] = None,
     profile: Annotated[str, typer.Option(help="Feature store profile: local or redis.")] = "local",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
