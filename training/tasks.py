@@ -21,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from features import catalog
 from features.catalog import CHURN_SERVICE, JOIN_KEYS, LEAD_SERVICE, NBP_SERVICE, EntityName
 from features.population import ActiveCustomers, OpenLeads, Population, SignedUpCustomers
 
 #: How a task's champion answers: a calibrated binary LightGBM model (probability,
-#: score, grade, reasons) or a ranking of products.
-Scorer = Literal["binary", "recommender"]
+#: score, grade, reasons), a ranking of products, or an amount with its interval and tier
+#: (customer value, ``training.value.scorer``).
+Scorer = Literal["binary", "recommender", "value"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,24 @@ NBP = Task(
     window_days=30,
     trainer="training.nbp.train:train_nbp",
     scorer="recommender",
+    needs=("orders",),
+)
+
+VALUE = Task(
+    key="clv",
+    title="customer value",
+    model_name="crm-customer-value",
+    # The customer_value service (features.catalog.VALUE_SERVICE) once the feature view lands;
+    # until then the customer features of the churn service.
+    feature_service=getattr(catalog, "VALUE_SERVICE", CHURN_SERVICE),
+    entity="customer",
+    population=SignedUpCustomers(),
+    label="spend in the H days after the cutoff (H: the horizon, --horizon)",
+    window_days=365,
+    trainer="training.value.train:train_value",
+    scorer="value",
+    # A–D from predicted value and margin (training.value.tiers), not from shares of a score.
+    grade_column="tier",
     needs=("orders",),
 )
 

@@ -1,0 +1,78 @@
+"""What a registered customer-value version carries besides its boosters, as JSON.
+
+Nothing here imports LightGBM or MLflow: serving and batch scoring read these
+objects from the version's artifacts (``value.json``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from training.model import ModelSpec
+
+#: The run-rate columns the margin and the B tier read (features of the customer_value view).
+SPEND_365 = "value_spend_365"
+TICKETS_365 = "value_tickets_365"
+COMPLAINTS_365 = "value_complaints_365"
+#: Days the run-rate columns cover.
+RUN_RATE_DAYS = 365
+
+Kind = Literal["tweedie", "two_part"]
+
+
+class ValueSettings(BaseModel):
+    """The business settings of a customer-value model (stored with every version)."""
+
+    horizon_days: int = Field(365, gt=0, description="H: spend is predicted over the H days after the as_of date")
+    gross_margin: float = Field(0.30, ge=0, le=1, description="gross margin on spend (share of the amount)")
+    ticket_cost: float = Field(12.0, ge=0, description="cost to serve one support ticket")
+    complaint_cost: float = Field(60.0, ge=0, description="cost to serve one complaint")
+    top_share: float = Field(0.80, gt=0, lt=1, description="A: the top customers making this share of predicted value")
+    interval_level: float = Field(0.80, gt=0, lt=1, description="nominal coverage of the per-customer interval")
+    growth_ratio: float = Field(1.5, gt=0, description="B: predicted value at least this many times the run-rate")
+
+
+class TierThresholds(BaseModel):
+    """Computed on the holdout's predictions when the model is trained."""
+
+    a_threshold: float
+    """Predicted value at which the highest-value customers make ``top_share`` of predicted value."""
+    median_clv: float
+    """Median predicted value (B needs at least this much)."""
+
+
+class ValueSpec(BaseModel):
+    """Everything beside the boosters: the features, the settings, the objective chosen, the interval."""
+
+    model: ModelSpec
+    settings: ValueSettings
+    kind: Kind
+    """``tweedie``: one booster (clv.lgb); ``two_part``: P(buy) (buy.lgb) × E[spend | buy] (spend.lgb)."""
+    scale: float = 1.0
+    """Multiplies the boosters' mean so the validation fold's total is matched."""
+    conformal: float = 0.0
+    """Conformalized quantile regression: widen [q_low, q_high] by this on both sides."""
+    thresholds: TierThresholds
+
+
+def run_rate(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A run-rate column as floats (missing: 0 — no spend, no tickets)."""
+    if column not in frame.columns:
+        return np.zeros(len(frame))
+    return pd.to_numeric(frame[column], errors="coerce").fillna(0.0).to_numpy(dtype=float)
+
+
+def cost_to_serve(frame: pd.DataFrame, settings: ValueSettings) -> np.ndarray:
+    """Predicted cost to serve over H: unit costs × the last year's tickets and complaints, scaled to H."""
+    per_year = (settings.ticket_cost * run_rate(frame, TICKETS_365)
+                + settings.complaint_cost * run_rate(frame, COMPLAINTS_365))
+    return per_year * settings.horizon_days / RUN_RATE_DAYS
+
+
+def expected_margin(clv: np.ndarray, frame: pd.DataFrame, settings: ValueSettings) -> np.ndarray:
+    """Gross margin on the predicted spend minus the predicted cost to serve."""
+    return settings.gross_margin * np.asarray(clv, dtype=float) - cost_to_serve(frame, settings)
