@@ -52,7 +52,7 @@ def train(
     if algorithm not in ("als", "bpr"):
         raise CrmscoreError(f"--algorithm {algorithm!r}: expected als or bpr")
     result = train_task(workspace(), get_task(target.value), mode=mode, window_days=window, tune=tune,
-                        algorithm=algorithm, profile=profile, as_of=parse_as_of(as_of))
+                        algorithm=algorithm, profile=profile, as_of=parse_as_of(as_of, "--as-of"))
     if as_json:
         typer.echo(result_json(result))
         return
@@ -67,7 +67,7 @@ def train(
 @app.command()
 @handle_errors
 def backtest(
-    target: Annotated[TaskKey, typer.Argument(help="The task to backtest (churn or lead).")],
+    target: Annotated[TaskKey, typer.Argument(help="The task to backtest (churn, lead or nbp).")],
     start: Annotated[str | None, typer.Option("--from", help="Oldest origin, YYYY-MM-DD (default: 6 folds).")] = None,
     end: Annotated[str | None, typer.Option(
         "--to", help="Newest origin, YYYY-MM-DD (default: the newest whose window the data covers).")] = None,
@@ -76,22 +76,37 @@ def backtest(
                                                help="Label window (customer value: horizon) in days "
                                                     "(default: the task's).")] = None,
     profile: Annotated[str, typer.Option(help="Feature store profile: local or redis.")] = "local",
+    wide: Annotated[bool, typer.Option("--wide", help="Add each fold's seconds, its MLflow run and why it was "
+                                                      "skipped (lines over 80 columns).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
-    """Rolling-origin backtest: train as of each origin, score its population, judge the window after it."""
+    """Rolling-origin backtest: train as of each origin, use the model there, judge the window after it.
+
+    An origin the trainer refuses (too little history before it) is a skipped fold with
+    its reason; the command fails only if no fold ran.
+    """
     from features.grid import parse_every
     from pipelines.backtest import backtest as run_backtest
     from pipelines.scoring.inputs import parse_as_of
     from training.tasks import get_task
 
-    result = run_backtest(workspace(), get_task(target.value), start=parse_as_of(start), end=parse_as_of(end),
-                          every=parse_every(every), window_days=window, profile=profile)
+    result = run_backtest(workspace(), get_task(target.value), start=parse_as_of(start, "--from"),
+                          end=parse_as_of(end, "--to"), every=parse_every(every), window_days=window,
+                          profile=profile)
     if as_json:
-        typer.echo(result.model_dump_json(indent=2))
+        typer.echo(result.model_dump_json(indent=2, exclude_none=True))
         return
-    console.print(result.render())
-    console.print(f"MLflow parent run {result.parent_run_id}: {len(result.folds)} nested fold runs, "
-                  f"{result.seconds:.0f} s")
+    table = result.render(wide=wide)
+    if wide:
+        # Each row at its full width, as `models list --wide` (a console of the table's own width).
+        width = console.measure(table, options=console.options.update_width(1_000)).maximum
+        Console(width=max(console.width, width), soft_wrap=True).print(table)
+    else:
+        console.print(table)
+        for note in result.notes():
+            console.print(note, soft_wrap=False, markup=False, highlight=False)
+    console.print(f"MLflow parent run {result.parent_run_id}: {len(result.ran)} nested fold runs, "
+                  f"{len(result.folds) - len(result.ran)} skipped, {result.seconds:.0f} s")
 
 
 @models_app.command("list")

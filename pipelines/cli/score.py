@@ -133,7 +133,7 @@ def score_command(
     ws = workspace()
     options = ScoreOptions(engine=engine.value, reasons=reasons.value, chunk_rows=chunk_rows, threads=threads,
                            drift=drift, profile=profile, spark_master=spark_master, allow_missing=allow_missing)
-    date = parse_as_of(as_of)
+    date = parse_as_of(as_of, "--as-of")
     bar = None if as_json else _RichProgress()
     if task == ScoreTarget.all:
         runs = score_all(ws, date, options, bar)
@@ -192,7 +192,7 @@ def push_scores_command(
         if not tasks:
             raise CrmscoreError("no scores to push: run `crmscore score all` first")
     published = publish_all(ws, tasks, online=online, profile=profile, postgres=to_postgres,
-                            schema=pg_schema, as_of=parse_as_of(as_of))
+                            schema=pg_schema, as_of=parse_as_of(as_of, "--as-of"))
     if as_json:
         typer.echo(json.dumps([p.model_dump(mode="json") for p in published], indent=2))
         return

@@ -173,14 +173,18 @@ def default_as_of(ws: Workspace) -> datetime:
     return max(read_build_summary(ws.feature_tables).as_of)
 
 
-def parse_as_of(text: str | None) -> datetime | None:
-    """``YYYY-MM-DD`` (or an ISO datetime) → aware UTC datetime; None stays None."""
+def parse_as_of(text: str | None, option: str = "--as-of") -> datetime | None:
+    """``YYYY-MM-DD`` (or an ISO datetime) → aware UTC datetime; None stays None.
+
+    ``option`` is the command-line option the text came from (``--from``, ``--to``, ...),
+    so that the error names the one to fix.
+    """
     if text is None:
         return None
     try:
         return as_utc(datetime.fromisoformat(text))
     except ValueError:
-        raise CrmscoreError(f"--as-of {text!r}: expected a date, YYYY-MM-DD") from None
+        raise CrmscoreError(f"{option} {text!r}: expected a date, YYYY-MM-DD") from None
 
 
 def population(lake: Path, task: str, as_of: datetime, mode: str | None = None) -> pl.DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,16 @@ import scipy.sparse as sp
 
 from crmdata.errors import CrmscoreError
 from crmdata.truth import load_truth, truth_dir
-from training.nbp.interactions import ORDERED_AT, LakeData, Split, index_of, owned_once
+from training.nbp.interactions import ORDERED_AT, LakeData, Split, index_of, owned_once, time_split
 from training.nbp.persist import load_recommender
-from training.nbp.popularity import popularity_order
+from training.nbp.popularity import popularity_order, popularity_table
 from training.nbp.recommender import BLOCK_USERS, MODEL_NAME, Recommender
 from training.ranking_metrics import (
     DEFAULT_KS,
     HEADLINE,
     evaluate_rankings,
+    metric_key,
+    ranking_metrics,
     top_k_from_order,
     top_k_from_scores,
 )
@@ -173,3 +176,44 @@ def compare_with_champion(client: Any, split: Split, data: LakeData,
     if ours > theirs:
         return True, f"beats the champion: {facts}", champ
     return False, f"does not beat the champion: {facts}", champ
+
+
+def overall_popularity_rankings(split: Split, repeatable: np.ndarray, k: int = MAX_K) -> np.ndarray:
+    """Top-k of the split's test customers by the popularity of the orders before its cutoff.
+
+    The trainer's baseline (``popularity_table``'s overall row: distinct buyers, a faded
+    purchase counting less than one), computed from the split's own history, so it
+    needs no model; owned one-off products are skipped, as the model skips them.
+    """
+    history = split.train
+    share = popularity_table(history.strength(), np.full(history.confidence.shape[0], -1, dtype=np.int16), 0)[0]
+    order = popularity_order(share)
+    owned = owned_once(history.confidence[split.test_rows], repeatable)
+    out = np.full((len(split.test_rows), k), -1, dtype=np.int64)
+    for start in range(0, len(split.test_rows), BLOCK_USERS):
+        sl = slice(start, start + BLOCK_USERS)
+        top = top_k_from_order(order, k, (owned[sl].toarray() > 0)[:, order])
+        out[sl, :top.shape[1]] = top
+    return out
+
+
+def evaluate_at_origin(rec: Recommender, data: LakeData, origin: datetime, window_days: int,
+                       k: int = 10) -> dict[str, float]:
+    """A recommender used on ``origin`` and judged on the purchases of the window after it.
+
+    The recommender (fitted on whatever it was fitted on) is given the orders before the
+    origin, as scoring at that date would give it; the customers judged are those with an
+    order before the origin who bought an eligible product in the window (the only ones
+    whose NDCG is defined). The popularity baseline ranks the same customers by the
+    products most bought before the origin. Returns ``rows`` and, for the model and
+    ``popularity_``, NDCG@k and hit rate@k.
+    """
+    split = time_split(data, window_days, origin, rec.spec.confidence)
+    model, _ = model_rankings(rec, split, data, k)
+    popular = overall_popularity_rankings(split, data.catalogue.repeatable, k)
+    out: dict[str, float] = {"rows": float(len(split.test_rows))}
+    for prefix, ranked in (("", model), ("popularity_", popular)):
+        got = ranking_metrics(ranked, split.relevant, data.catalogue.n, (k,))
+        for name in ("ndcg", "hit_rate"):
+            out[f"{prefix}{metric_key(name, k)}"] = got[metric_key(name, k)]
+    return out

@@ -129,6 +129,18 @@ def log_model(rec: Recommender, example_ids: list[str]) -> Any:
         )
 
 
+def load_run_recommender(run_id: str) -> Recommender:
+    """The recommender a training run logged, registered or not (a backtest fold's)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model"))
+    except MlflowException as exc:
+        raise CrmscoreError(f"training run {run_id} has no logged model ({exc.message.splitlines()[0]})") from None
+    return read_recommender(artifact_paths(local), version="", alias=None, run_id=run_id)
+
+
 def load_recommender(alias: str | None = "champion", version: str | None = None, client: Any = None,
                      lake: Path | None = None, as_of: datetime | None = None) -> Recommender:
     """A registered version (by alias, default champion, or number), from its .npy/.json artifacts.

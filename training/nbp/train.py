@@ -179,8 +179,12 @@ class Stopwatch:
 
 def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime | None = None,
               algorithm: Algorithm = "als", params: NbpParams | dict[str, Any] | None = None,
-              ks: Sequence[int] = DEFAULT_KS, extra_tags: dict[str, str] | None = None) -> TrainResult:
+              ks: Sequence[int] = DEFAULT_KS, extra_tags: dict[str, str] | None = None,
+              register: bool = True) -> TrainResult:
     """Fit on orders before the cutoff, evaluate on the next ``window_days``, log, register, gate.
+
+    ``register=False`` (a backtest fold) logs the run and its model but registers no
+    version and moves no alias; inside an active run (the backtest's) the run is nested.
 
     ``cutoff`` defaults to the start of the lake's last full window. The result has
     the shape of the other trainers' (``metrics``/``baseline``/``oracle`` are
@@ -194,7 +198,13 @@ def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime |
     from training import inputs
     from training.metrics import flatten
     from training.nbp import report
-    from training.registry import configure_mlflow, ensure_experiment, git_commit, register_and_gate
+    from training.registry import (
+        Registration,
+        configure_mlflow,
+        ensure_experiment,
+        git_commit,
+        register_and_gate,
+    )
 
     p = params if isinstance(params, NbpParams) else NbpParams(**(params or {}))
     ks = sorted(set(ks) | {10})  # NDCG@10 is the headline and the gate
@@ -229,7 +239,8 @@ def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime |
                 mlflow.log_metrics(flatten(champion_metrics, prefix="champion."))
         return promoted, reason
 
-    with mlflow.start_run(run_name=f"nbp-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+    with mlflow.start_run(run_name=f"nbp-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}",
+                          nested=mlflow.active_run() is not None) as run:
         with clock.stage("log_and_register"):
             mlflow.log_params({
                 "algorithm": algorithm, **p.model_dump(exclude={"num_threads"}),
@@ -276,9 +287,10 @@ def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime |
                            f"recall@10 {overall['recall_at_10']:.4f}, hit rate@10 {overall['hit_rate_at_10']:.4f} "
                            f"on {split.test_rows.size:,} test customers (orders before {split.cutoff:%Y-%m-%d}, "
                            f"bought in the next {window_days} days)")
-            registration = register_and_gate(client, MODEL_NAME, info.model_uri, (HEADLINE, overall[HEADLINE]),
-                                             gate, version_tags={"cutoff": split.cutoff.isoformat()},
-                                             description=description)
+            registration = (register_and_gate(client, MODEL_NAME, info.model_uri, (HEADLINE, overall[HEADLINE]),
+                                              gate, version_tags={"cutoff": split.cutoff.isoformat()},
+                                              description=description) if register else
+                            Registration(version="", promoted=False, reason="not registered (backtest fold)"))
         timings = clock.total()
         mlflow.log_metrics({f"seconds.{k}": v for k, v in timings.items()})
 
@@ -286,5 +298,5 @@ def train_nbp(lake: Path, window_days: int = NBP.window_days, cutoff: datetime |
              metrics["overall"][HEADLINE], baseline["overall"][HEADLINE],
              f", oracle {oracle['overall'][HEADLINE]:.4f}" if oracle else "", registration.reason)
     return TrainResult(model=MODEL_NAME, version=registration.version, run_id=run.info.run_id,
-                       alias=registration.alias, metrics=metrics, baseline=baseline, oracle=oracle,
+                       alias=registration.alias if register else "", metrics=metrics, baseline=baseline, oracle=oracle,
                        promoted=registration.promoted, reason=registration.reason, seconds=timings)
