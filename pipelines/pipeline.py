@@ -27,6 +27,7 @@ from crmdata.synth import WorldConfig, generate_world
 from crmdata.validate import validate_lake
 from crmdata.workspace import Workspace
 from features.build import build_features
+from features.catalog import SCORE_VIEW_NAMES
 from features.grid import snapshot_grid
 from features.materialize import materialize_latest
 from features.store import apply_workspace, feature_store
@@ -144,11 +145,15 @@ def _score_all(ctx: Context) -> str:
 
 
 def _push_scores(ctx: Context) -> str:
-    tasks = [t for t in TASKS if partitions(ctx.ws.scores, t)]
+    scored = [t for t in TASKS if partitions(ctx.ws.scores, t)]
+    # A task whose scores have no online view yet is published by `push-scores --to-postgres` only.
+    tasks = [t for t in scored if t in SCORE_VIEW_NAMES]
     if not tasks:
         return "not applicable: nothing was scored"
     done = publish_all(ctx.ws, tasks, online=True, profile=ctx.profile)
-    return ", ".join(f"{p.task} {p.rows:,} rows" for p in done) + " into the online store"
+    without = [t for t in scored if t not in SCORE_VIEW_NAMES]
+    return (", ".join(f"{p.task} {p.rows:,} rows" for p in done) + " into the online store"
+            + (f" ({', '.join(without)}: no online score view)" if without else ""))
 
 
 STEPS: tuple[tuple[str, StepFn], ...] = (

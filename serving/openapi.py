@@ -18,8 +18,9 @@ from typing import Any
 from serving.schemas import API_ROUTES, ErrorResponse
 
 DESCRIPTION = (
-    "crmscore answers three CRM questions over JSON — lead scores (A–D), churn risk "
-    "(low/medium/high, with the reasons) and the next-best products for a customer — from the "
+    "crmscore answers four CRM questions over JSON — lead scores (A–D), churn risk "
+    "(low/medium/high, with the reasons), the next-best products for a customer and customer "
+    "value (predicted spend with its interval, RFM segment and A–D tier, with the reasons) — from the "
     "champion models of the MLflow registry and features from the Feast online store. Every item "
     "of a batch has its own status (ok, stale_features, not_found, not_eligible, "
     "incomplete_features); only ok and stale_features carry a score. Scoring calls need "
@@ -47,6 +48,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                                               "created_at": "2025-06-01T09:00:00Z"}}],
                     "explain": False},
     "/next_best_products": {"customer_ids": ["C0000001"], "k": 5, "exclude": ["P0003"]},
+    "/customer_value": {"customer_ids": ["C0000001", "C0000002"], "explain": True},
     "/admin/reload": {},
     "/admin/models": {},
 }

@@ -34,6 +34,9 @@ from serving.schemas import (
     ChurnRiskRequest,
     ChurnRiskResponse,
     CustomerProducts,
+    CustomerValue,
+    CustomerValueRequest,
+    CustomerValueResponse,
     LeadScore,
     LeadScoreRequest,
     LeadScoreResponse,
@@ -46,9 +49,10 @@ from serving.schemas import (
     Reason,
     Reasons,
     ReloadResponse,
+    Rfm,
 )
-from serving.scoring import BinaryScorer, Scored
-from training.tasks import CHURN, LEAD, NBP, TASKS, Task
+from serving.scoring import BinaryScorer, Scored, ValueScored, ValueScorer, plain
+from training.tasks import CHURN, LEAD, NBP, TASKS, VALUE, Task
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +164,19 @@ class BinaryBundle:
 
 
 @dataclass(frozen=True)
+class ValueBundle:
+    scorer: ValueScorer
+    reader: OnlineReader
+
+
+@dataclass(frozen=True)
 class NbpBundle:
     recommender: Any  # training.nbp.Recommender
     reader: OnlineReader
 
 
 class Predictor:
-    """Loads the champions and the online store once; answers the three business questions."""
+    """Loads the champions and the online store once; answers the business questions."""
 
     def __init__(self, settings: ServingSettings, store: Any = None, client: Any = None) -> None:
         from features.store import feature_store
@@ -183,7 +193,13 @@ class Predictor:
         slots = []
         for key in settings.models:
             task = TASKS[key]
-            load = self._binary_loader(task.model_name) if task.scorer == "binary" else self._load_nbp
+            load: Callable[[str], Loaded[Any]]
+            if task.scorer == "binary":
+                load = self._binary_loader(task.model_name)
+            elif task.scorer == "value":
+                load = self._load_value
+            else:
+                load = self._load_nbp
             slots.append(Slot(task.model_name, load))
         #: One breaker for the online store: every reader shares it, so a stall seen by one
         #: model's reads fails the others' fast too.
@@ -221,6 +237,20 @@ class Predictor:
             return Loaded(name, version, self.champions.alias, BinaryBundle(BinaryScorer(model), reader))
 
         return load
+
+    def _load_value(self, version: str) -> Loaded[ValueBundle]:
+        from training.value.scorer import load_value_model
+
+        self._pin_registry()
+        model = load_value_model(VALUE.model_name, version=version, client=self.client)
+        reader = OnlineReader(self.store, model.spec.model.feature_service, breaker=self.breaker)
+        wanted = [*model.feature_names, *VALUE_FIELDS.values()]
+        missing = [f for f in dict.fromkeys(wanted) if f not in reader.features]
+        if missing:
+            # As for the binary models: never answer with features the store does not serve.
+            raise CrmscoreError(f"{VALUE.model_name} v{version} needs features {model.spec.model.feature_service} "
+                                f"does not serve: {', '.join(missing[:10])}")
+        return Loaded(VALUE.model_name, version, self.champions.alias, ValueBundle(ValueScorer(model), reader))
 
     def _load_nbp(self, version: str) -> Loaded[NbpBundle]:
         from training.nbp import load_recommender
@@ -376,7 +406,7 @@ class Predictor:
             raise Unavailable(f"{name} is not available: {slot.error or 'not loaded'}")
         return current
 
-    # --- the three questions --------------------------------------------------------------
+    # --- the questions ------------------------------------------------------------------
 
     def churn_risk(self, request: ChurnRiskRequest) -> ChurnRiskResponse:
         loaded = self._champion(CHURN.model_name)
@@ -390,6 +420,24 @@ class Predictor:
             results.append(ChurnRisk(customer_id=cid, band=scored.grade[i] if fields["status"] in SCORED else None,
                                      **fields))
         return ChurnRiskResponse(model=_info(loaded), results=results)
+
+    def customer_value(self, request: CustomerValueRequest) -> CustomerValueResponse:
+        loaded = self._champion(VALUE.model_name)
+        bundle: ValueBundle = loaded.value
+        model = bundle.scorer.model
+        rows = self._read(bundle.reader, request.customer_ids)
+        reasons = VALUE.population.why_not(rows.values, len(rows.ids), mode=model.spec.model.mode)
+        why_not = [r if ok else None for r, ok in zip(reasons, rows.found, strict=True)]
+        scored = bundle.scorer.score(rows.values, len(rows.ids), request.explain)
+        shown = {name: _column(rows.values, column, len(rows.ids)) for name, column in VALUE_FIELDS.items()}
+        results = []
+        for i, cid in enumerate(rows.ids):
+            fields = _scored_fields(None, rows, i, request.explain, why_not[i])
+            if fields["status"] in SCORED:
+                fields.update(_value_fields(scored, shown, i, request.explain))
+            results.append(CustomerValue(customer_id=cid, **fields))
+        return CustomerValueResponse(model=_info(loaded), horizon_days=model.settings.horizon_days,
+                                     interval_level=model.settings.interval_level, results=results)
 
     def lead_score(self, request: LeadScoreRequest) -> LeadScoreResponse:
         loaded = self._champion(LEAD.model_name)
@@ -490,7 +538,9 @@ def _missing(absent: Sequence[str]) -> str:
     return f"no stored value for {len(absent)} feature(s): {shown}{', ...' if len(absent) > 10 else ''}"
 
 
-def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool, why_not: str | None = None) -> dict[str, Any]:
+def _scored_fields(scored: Scored | None, rows: Rows, i: int, explain: bool,
+                   why_not: str | None = None) -> dict[str, Any]:
+    """status, detail, freshness and (given ``scored``, a binary model's) the score of row ``i``."""
     if not rows.found[i]:
         return {"status": "not_found", "stale": True, "cold_start": False, "feature_age_seconds": None}
     if rows.absent[i]:
@@ -503,6 +553,9 @@ def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool, why_not: s
         # the model was never trained on (e.g. churn of a customer with nothing to cancel).
         return {"status": "not_eligible", "detail": why_not, "stale": rows.stale[i], "cold_start": False,
                 "feature_age_seconds": rows.age_seconds[i]}
+    if scored is None:
+        return {"status": "stale_features" if rows.stale[i] else "ok", "feature_age_seconds": rows.age_seconds[i],
+                "stale": rows.stale[i], "cold_start": False}
     reasons = None
     if explain and scored.reasons is not None:
         r = scored.reasons[i]
@@ -516,6 +569,47 @@ def _scored_fields(scored: Scored, rows: Rows, i: int, explain: bool, why_not: s
         "feature_age_seconds": rows.age_seconds[i],
         "stale": rows.stale[i],
         "cold_start": False,
+    }
+
+
+#: Answer field -> the customer_value feature it shows as stored (features.catalog names them).
+VALUE_FIELDS: dict[str, str] = {
+    "p_alive": "peer_p_alive", "expected_orders": "peer_expected_orders",
+    "r": "rfm_r", "f": "rfm_f", "m": "rfm_m", "segment": "rfm_segment",
+}
+
+
+def _column(values: Any, name: str, n: int) -> list[Any]:
+    raw = values.get(name)
+    if raw is None:
+        return [None] * n
+    return raw.tolist() if hasattr(raw, "tolist") else list(raw)
+
+
+def _number(value: Any) -> float | None:
+    value = plain(value)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _score(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+def _value_fields(scored: ValueScored, shown: dict[str, list[Any]], i: int, explain: bool) -> dict[str, Any]:
+    reasons = None
+    if explain and scored.reasons is not None:
+        r = scored.reasons[i]
+        reasons = Reasons(up=[Reason(feature=x.feature, value=x.value, impact=x.impact) for x in r["up"]],
+                          down=[Reason(feature=x.feature, value=x.value, impact=x.impact) for x in r["down"]])
+    segment = plain(shown["segment"][i])
+    return {
+        "clv": float(scored.clv[i]), "clv_low": float(scored.clv_low[i]), "clv_high": float(scored.clv_high[i]),
+        "expected_margin": float(scored.expected_margin[i]), "tier": str(scored.tier[i]),
+        "p_alive": _number(shown["p_alive"][i]), "expected_orders": _number(shown["expected_orders"][i]),
+        "rfm": Rfm(r=_score(shown["r"][i]), f=_score(shown["f"][i]), m=_score(shown["m"][i]),
+                   segment=segment if isinstance(segment, str) else None),
+        "reasons": reasons,
     }
 
 

@@ -137,6 +137,54 @@ class ChurnRiskResponse(_Response):
     results: list[ChurnRisk] = Field(description="one per requested id, in request order")
 
 
+# --- customer value -------------------------------------------------------------------
+
+
+class CustomerValueRequest(_Request):
+    customer_ids: list[EntityId] = Field(min_length=1, max_length=MAX_BATCH)
+    explain: bool = Field(True, description="false skips the reasons (faster)")
+
+
+class Rfm(_Response):
+    """The customer's RFM scores (1–5 quintiles within the snapshot, 5 best) and named segment;
+    null for a customer with no order."""
+
+    r: int | None = Field(None, ge=1, le=5, description="recency score")
+    f: int | None = Field(None, ge=1, le=5, description="frequency score")
+    m: int | None = Field(None, ge=1, le=5, description="monetary score")
+    segment: str | None = Field(None, description="e.g. Champions, Loyal, At risk, Hibernating, Lost")
+
+
+class CustomerValue(_CustomerRef):
+    status: Status = Field(description=_Scored.model_fields["status"].description)
+    detail: str | None = Field(None, description=_Scored.model_fields["detail"].description)
+    clv: float | None = Field(None, description="predicted spend over the model's horizon (`horizon_days`)")
+    clv_low: float | None = Field(None, description="low end of the per-customer interval (`interval_level`)")
+    clv_high: float | None = Field(None, description="high end of the per-customer interval")
+    expected_margin: float | None = Field(
+        None, description="gross margin on clv minus the predicted cost to serve (tickets, complaints)")
+    p_alive: float | None = Field(None, description="P(alive) of the BG/NBD peer model")
+    expected_orders: float | None = Field(None, description="the peer's expected orders over its horizon")
+    rfm: Rfm | None = None
+    tier: Literal["A", "B", "C", "D"] | None = Field(
+        None, description="A: top value (the customers making the top share of value); B: growth potential; "
+        "C: the rest; D: negative expected margin")
+    reasons: Reasons | None = Field(
+        None, description="the features pushing clv up and down; impact is the exact contribution to "
+        "log(clv) (exp(impact) is the factor); null when explain is false or not scored")
+    feature_age_seconds: float | None = Field(
+        None, description="age of the oldest feature row used; null when there was none")
+    stale: bool = Field(description="a feature row is older than its view's TTL, or missing")
+    cold_start: bool = Field(description="the answer is a fallback (no history for this entity)")
+
+
+class CustomerValueResponse(_Response):
+    model: ModelInfo
+    horizon_days: int = Field(description="clv and its interval are spend over this many days after the features' date")
+    interval_level: float = Field(description="nominal coverage of [clv_low, clv_high]")
+    results: list[CustomerValue] = Field(description="one per requested id, in request order")
+
+
 # --- lead scoring -------------------------------------------------------------------
 
 
@@ -268,6 +316,7 @@ API_ROUTES: dict[str, type[_Request]] = {
     "/churn_risk": ChurnRiskRequest,
     "/lead_score": LeadScoreRequest,
     "/next_best_products": NextBestProductsRequest,
+    "/customer_value": CustomerValueRequest,
     "/admin/reload": NoInput,
     "/admin/models": NoInput,
 }

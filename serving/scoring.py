@@ -1,9 +1,10 @@
-"""Scoring on the request path: feature values -> booster input -> probability, score, grade, reasons.
+"""Scoring on the request path: feature values -> booster input -> the answer and its reasons.
 
 ``training.model.ScoringModel`` owns the model (booster, calibrator, grading,
-spec); this module feeds it the online store's columns straight, without a
-pandas frame: the matrix comes from the model's own ``Encoder`` (the one
-training and batch scoring use) and the reasons from the same rule
+spec), ``training.value.scorer.ValueModel`` the customer-value one; this module
+feeds them the online store's columns straight, without a pandas frame: the
+matrix comes from the model's own ``Encoder`` (the one training and batch
+scoring use) and the reasons from the same rule
 (``reason_lists``), so the service answers exactly what the model would.
 """
 
@@ -13,13 +14,19 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from training.calibration import score_1_99
 from training.encoding import Encoder
 from training.model import ModelSpec, Reason, ScoringModel, reason_lists
+from training.value.spec import COMPLAINTS_365, SPEND_365, TICKETS_365, expected_margin, run_rate
+from training.value.tiers import assign_tiers
+
+if TYPE_CHECKING:
+    from training.value.scorer import ValueModel
 
 
 def plain(value: Any) -> Any:
@@ -67,15 +74,74 @@ class BinaryScorer:
         """The ``top`` features pushing each row up and down (exact TreeSHAP, log-odds), by
         the rule ``ScoringModel.reasons`` uses."""
         contrib = np.asarray(self.model.booster.predict(x, pred_contrib=True, num_threads=1))[:, :-1]
-        names = self.encoder.features
-        as_python: dict[int, list[Any]] = {}  # feature index -> its values as Python objects
+        return _reasons(contrib, self.encoder.features, values, len(x), top)
 
-        def value(j: int, i: int) -> Any:
-            column = as_python.get(j)
-            if column is None:
-                raw = values.get(names[j])
-                column = as_python[j] = ([None] * len(x) if raw is None
-                                         else raw.tolist() if isinstance(raw, np.ndarray) else list(raw))
-            return plain(column[i])
 
-        return reason_lists(contrib, names, value, top)
+# --- customer value ------------------------------------------------------------------------
+
+
+@dataclass
+class ValueScored:
+    clv: np.ndarray
+    clv_low: np.ndarray
+    clv_high: np.ndarray
+    expected_margin: np.ndarray
+    tier: np.ndarray  # "A".."D" (object)
+    reasons: list[dict[str, list[Reason]]] | None
+
+
+def value_outputs(model: ValueModel, x: np.ndarray, columns: Mapping[str, Any], n: int) -> ValueScored:
+    """What ``ValueModel.predict`` answers, from the encoded matrix ``x``: the mean, the
+    interval, the margin and the tier by the model's own functions. Only the run-rate
+    columns the margin and the B tier read become a (tiny) pandas frame, as those
+    functions take; the model's features never do. ``columns`` maps names to values
+    (lists, numpy or Arrow arrays) and must hold the run-rate columns the store serves."""
+    clv = model.mean(x)
+    low, high = model.interval(x)
+    rates = pd.DataFrame({c: _as_list(columns[c]) for c in (SPEND_365, TICKETS_365, COMPLAINTS_365)
+                          if columns.get(c) is not None}, index=range(n))
+    margin = expected_margin(clv, rates, model.settings)
+    tier = assign_tiers(clv, margin, run_rate(rates, SPEND_365), model.spec.thresholds, model.settings)
+    return ValueScored(clv, low, high, margin, tier, None)
+
+
+def _as_list(column: Any) -> Any:
+    if hasattr(column, "to_pylist"):  # Arrow
+        return column.to_pylist()
+    return column
+
+
+@dataclass
+class ValueScorer:
+    """A loaded customer-value champion, ready for the request path (no pandas frame of
+    the features: the model's ``Encoder`` reads the online store's columns straight)."""
+
+    model: ValueModel
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def score(self, values: Mapping[str, Sequence[Any]], n: int, explain: bool, top: int = 3) -> ValueScored:
+        x = self.model.encoder.matrix(values, n)
+        scored = value_outputs(self.model, x, values, n)
+        if explain:
+            scored.reasons = self.reasons(x, values, top)
+        return scored
+
+    def reasons(self, x: np.ndarray, values: Mapping[str, Sequence[Any]], top: int) -> list[dict[str, list[Reason]]]:
+        """The ``top`` features pushing each row's clv up and down: the model's exact
+        contributions to log(clv), picked by the rule ``ValueModel.reasons`` uses."""
+        return _reasons(self.model.contributions(x), self.model.feature_names, values, len(x), top)
+
+
+def _reasons(contrib: np.ndarray, names: list[str], values: Mapping[str, Sequence[Any]], n: int,
+             top: int) -> list[dict[str, list[Reason]]]:
+    as_python: dict[int, list[Any]] = {}  # feature index -> its values as Python objects
+
+    def value(j: int, i: int) -> Any:
+        column = as_python.get(j)
+        if column is None:
+            raw = values.get(names[j])
+            column = as_python[j] = ([None] * n if raw is None
+                                     else raw.tolist() if isinstance(raw, np.ndarray) else list(raw))
+        return plain(column[i])
+
+    return reason_lists(contrib, names, value, top)

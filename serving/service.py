@@ -35,6 +35,8 @@ from serving.auth import ApiGuard, escape
 from serving.schemas import (
     ChurnRiskRequest,
     ChurnRiskResponse,
+    CustomerValueRequest,
+    CustomerValueResponse,
     LeadScoreRequest,
     LeadScoreResponse,
     NextBestProductsRequest,
@@ -134,7 +136,7 @@ async def _send_json(send: Any, status: int, body: dict[str, Any] | bytes) -> No
     threads=4,
 )
 class CrmScoring:
-    """Lead scores, churn risk and next-best products for CRM apps."""
+    """Lead scores, churn risk, next-best products and customer value for CRM apps."""
 
     def __init__(self) -> None:
         from serving.predictor import Predictor, ServingSettings
@@ -173,6 +175,12 @@ class CrmScoring:
     def next_best_products(self, request: NextBestProductsRequest, /) -> NextBestProductsResponse | JSONResponse:
         """The k (1–50) products each customer should be offered next, with a reason each."""
         return self._answer("next_best_products", self.predictor.next_best_products, request)
+
+    @bentoml.api(route="/customer_value", output_spec=CustomerValueResponse)
+    def customer_value(self, request: CustomerValueRequest, /) -> CustomerValueResponse | JSONResponse:
+        """Customer value of up to 1,000 customers: predicted spend and its interval, P(alive),
+        expected orders, RFM scores and segment, the A–D tier, and the reasons."""
+        return self._answer("customer_value", self.predictor.customer_value, request)
 
     @bentoml.api(route="/admin/reload", output_spec=ReloadResponse)
     def reload_models(self) -> ReloadResponse:

@@ -87,6 +87,15 @@ def _summary_table(manifest: RunManifest) -> Table:
     total = sum(manifest.distribution.grades.values()) or 1
     table.add_row("distribution", "  ".join(f"{g} {n:,} ({n / total:.0%})"
                                            for g, n in manifest.distribution.grades.items()))
+    value = manifest.distribution.value
+    if "total" in value:
+        table.add_row("clv", f"total {value['total']:,.0f}  mean {value['mean']:,.2f}  p10 {value['p10']:,.2f}  "
+                             f"p50 {value['p50']:,.2f}  p90 {value['p90']:,.2f} (over {value['horizon_days']:.0f} days)")
+    if manifest.migration:
+        previous = manifest.migration.get("previous_as_of")
+        counts = manifest.migration.get("counts", {})
+        table.add_row("tier migration", f"vs {str(previous)[:10] if previous else 'no previous run'}: "
+                      + "  ".join(f"{m} {n:,}" for m, n in counts.items()))
     p = manifest.distribution.probability
     if "p50" in p:
         table.add_row("probability", f"mean {p['mean']:.3f}  p10 {p['p10']:.3f}  p50 {p['p50']:.3f}  "
@@ -109,8 +118,8 @@ def score_command(
     as_of: AsOfOption = None,
     engine: Annotated[EngineName, typer.Option(help="local (in-process, threads) or spark.")] = EngineName.local,
     reasons: Annotated[ReasonsChoice, typer.Option(
-        help="Top reasons for all rows, for the top grades only (churn high/medium, leads A/B), "
-             "or none. Reasons cost ~100x a prediction.")] = ReasonsChoice.all,
+        help="Top reasons for all rows, for the top grades only (churn high/medium, leads and "
+             "customer-value tiers A/B), or none. Reasons cost ~100x a prediction.")] = ReasonsChoice.all,
     push: Annotated[bool, typer.Option("--push", help="Also push the scores into the Feast online store.")] = False,
     to_postgres: PostgresOption = None,
     pg_schema: SchemaOption = "crmscore",
@@ -124,7 +133,7 @@ def score_command(
         "--allow-missing", help="Score entities without features as null instead of failing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows, seconds and the output path as JSON.")] = False,
 ) -> None:
-    """Score every active customer / open lead with the champion into HOME/scores."""
+    """Score every active customer / open lead / customer's value with the champion into HOME/scores."""
     from pipelines.scoring.inputs import parse_as_of
     from pipelines.scoring.job import score, score_all
     from pipelines.scoring.publish import publish_all
@@ -149,7 +158,8 @@ def score_command(
         items = [{"task": r.task, "rows": r.rows, "seconds": r.seconds, "output": r.output,
                   "model_version": r.model_version, "as_of": r.as_of.isoformat(),
                   "feature_timestamps": [t.isoformat() for t in getattr(r, "feature_timestamps", [])],
-                  "rows_per_second": r.rows_per_second} for r in done]
+                  "rows_per_second": r.rows_per_second,
+                  **({"migration": r.migration} if getattr(r, "migration", None) else {})} for r in done]
         items += [{"task": r.task, "skipped": r.reason} for r in runs if isinstance(r, Skipped)]
         payload: Any = items[0] if task != ScoreTarget.all else {
             "runs": items, "rows": sum(r.rows for r in done), "seconds": round(sum(r.seconds for r in done), 3)}

@@ -220,6 +220,7 @@ def examples(url: str, ws: Workspace) -> str:
     # Ids the service can answer for: in each model's population at the served snapshot,
     # plus one customer and one lead outside it, to show the not_eligible status.
     customers, outsider, leads, closed = _example_ids(ws)
+    valued, unvalued = _value_ids(ws)
     ids = ", ".join(f'"{c}"' for c in customers)
     auth = f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json'"
     return "\n".join([
@@ -237,9 +238,29 @@ def examples(url: str, ws: Workspace) -> str:
          "\"job_seniority\": \"director\"}}], \"explain\": false}'"),
         "# the next 3 products to offer",
         f"curl -s {url}/next_best_products {auth} -d '{{\"customer_ids\": [{ids}], \"k\": 3}}'",
+        "# customer value: predicted spend with its interval, P(alive), RFM, the A-D tier and the reasons, for",
+        "# a customer in the value model's population and one outside it (not_eligible, or not_found: no features)",
+        f"curl -s {url}/customer_value {auth} -d '{{\"customer_ids\": [\"{valued}\", \"{unvalued}\"]}}'",
         "# open endpoints",
         f"curl -s {url}/readyz; curl -s {url}/metrics | head; curl -s {url}/docs.json | head -c 300",
     ])
+
+
+def _value_ids(ws: Workspace) -> tuple[str, str]:
+    """A customer in the value model's population at the newest feature snapshot, and one
+    outside it (signed up later; "C-nobody" when every customer is in it)."""
+
+    from crmdata.lake import read_table
+    from features.build import read_build_summary
+    from training.tasks import VALUE
+
+    as_of = max(read_build_summary(ws.feature_tables).as_of)
+    key = VALUE.key_column
+    inside = VALUE.population.from_lake(ws.lake, as_of)
+    everyone = read_table(ws.lake, "customers", [key])
+    outside = (everyone.join(inside, on=key, how="anti").sort(key)[key].head(1).to_list()
+               if everyone is not None else [])
+    return (inside.sort(key)[key].head(1).to_list() or ["C-nobody"])[0], (outside or ["C-nobody"])[0]
 
 
 def _example_ids(ws: Workspace) -> tuple[list[str], str, list[str], str]:

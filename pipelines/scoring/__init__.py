@@ -1,4 +1,4 @@
-"""Batch scoring: every active customer and open lead, with the champion, into score tables.
+"""Batch scoring: every active customer, open lead and customer, with the champion, into score tables.
 
 Lowest first (each module imports only those above it):
 
@@ -8,6 +8,9 @@ Lowest first (each module imports only those above it):
 - ``inputs``: population and point-in-time features as of a date;
 - ``local`` and ``spark``: the two engines of a binary model;
 - ``nbp``: next-best-product lists for every customer;
+- ``finish``: what every run does last (feature times, build stamp, drift report);
+- ``migration``: the customer-value tier migration between two runs;
+- ``value``: customer value (clv, interval, margin, tier) and its migration table;
 - ``job``: ``score`` / ``score_all``: resolve, run an engine, reconcile, drift, manifest;
 - ``publish``: pushing a run into the Feast online store and PostgreSQL.
 

@@ -16,7 +16,7 @@ One run = one task at one ``as_of`` date:
 
 Steps 2–5 happen in a staging directory; only step 6 touches the published
 table, so a failure anywhere leaves the previous output as it was. A recommender
-task (next-best-product) is scored by ``nbp.py`` instead.
+task (next-best-product) is scored by ``nbp.py`` instead, customer value by ``value.py``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from crmdata.errors import CrmscoreError
 from crmdata.lake import check_as_of
 from crmdata.times import as_utc
 from crmdata.workspace import Workspace
-from features.build import add_snapshots, read_build_summary
+from features.build import add_snapshots
 from features.store import feature_store
-from pipelines import drift as drift_mod
+from pipelines.scoring.finish import build_stamp, drift_report, feature_timestamps, log_drift
 from pipelines.scoring.inputs import (
     ServiceRead,
     default_as_of,
@@ -54,8 +54,8 @@ from pipelines.scoring.table import (
     write_manifest,
     written_ids,
 )
-from pipelines.scoring.types import FEATURE_TIMESTAMP, EngineResult, Progress, ScoreOptions, Skipped
-from training.drift_reference import load_reference
+from pipelines.scoring.types import Progress, ScoreOptions, Skipped
+from pipelines.scoring.value import score_value
 from training.model import ScoringModel, load_model
 from training.registry import CHAMPION, configure_mlflow, version_by_alias
 from training.tasks import TASKS, get_task
@@ -82,6 +82,8 @@ def score(ws: Workspace, task: str, as_of: datetime | None = None, options: Scor
         add_snapshots(ws.lake, ws.feature_tables, [as_of])
     if spec.scorer == "recommender":
         return score_nbp(ws, as_of, options, progress)
+    if spec.scorer == "value":
+        return score_value(ws, as_of, options, progress)
     return score_binary(ws, spec.key, load_model(spec.model_name), as_of, options, progress)
 
 
@@ -142,22 +144,22 @@ def score_binary(ws: Workspace, task: str, model: ScoringModel, as_of: datetime 
         drift = None
         if options.drift:
             drift_started = time.perf_counter()
-            drift = _drift(task, model, as_of, result)
+            drift = drift_report(task, model, as_of, result)
             result.stages.drift = time.perf_counter() - drift_started
         seconds = time.perf_counter() - started
         manifest = RunManifest(
             task=task, as_of=as_of, engine=options.engine, model_name=model.name, model_version=model.version,
             model_alias=model.alias, model_run_id=model.run_id, feature_service=spec.feature_service,
-            inputs={"lake": str(ws.lake), **plan.describe(), **_build_stamp(ws), **result.extra_inputs},
+            inputs={"lake": str(ws.lake), **plan.describe(), **build_stamp(ws), **result.extra_inputs},
             entities=pop.height, rows=len(written), no_features=result.no_features, reasons=options.reasons,
-            feature_timestamps=_feature_timestamps(result),
+            feature_timestamps=feature_timestamps(result),
             distribution=_distribution(result.probabilities, result.grades, predictor.grading.labels),
             seconds=round(seconds, 3), rows_per_second=round(len(written) / max(seconds, 1e-9), 1),
             stages=result.stages, output=str(partition_dir(ws.scores, task, as_of)), started_at=started_at,
         )
         if drift is not None:
             manifest.drift = drift.summary()
-            _log_drift(drift, manifest)  # the MLflow run keeps this manifest too
+            log_drift(drift, manifest)  # the MLflow run keeps this manifest too
             manifest.drift = drift.summary()  # now with the MLflow run id
         write_manifest(staging, manifest)
     if result.no_features:
@@ -181,52 +183,3 @@ def _distribution(p: np.ndarray, grades: dict[str, int], order: list[str]) -> Di
             probability[f"p{q}"] = float(np.percentile(p, q))
     ordered = {g: grades.get(g, 0) for g in order}
     return Distribution(grades=ordered, probability={k: round(v, 6) for k, v in probability.items()})
-
-
-def _feature_timestamps(result: EngineResult) -> list[datetime]:
-    if result.features is None:
-        return []
-    stamps = result.features.get_column(FEATURE_TIMESTAMP).drop_nulls().unique().sort()
-    return [as_utc(t) for t in stamps.to_list()]
-
-
-def _build_stamp(ws: Workspace) -> dict[str, str]:
-    try:
-        built = read_build_summary(ws.feature_tables).built_at
-    except CrmscoreError:
-        return {}
-    return {"features built_at": built.isoformat()}
-
-
-def _drift(task: str, model: ScoringModel, as_of: datetime, result: EngineResult) -> drift_mod.DriftReport:
-    """The drift report of this run against the reference logged with the champion (a missing
-    reference is a note, not a failure)."""
-    report = drift_mod.DriftReport(task=task, model_name=model.name, model_version=model.version, as_of=as_of,
-                                   reference="the champion's training holdout (drift_reference.json of its run)")
-    try:
-        if not model.run_id:
-            raise CrmscoreError(f"{model.name} v{model.version} has no training run")
-        reference = load_reference(model.run_id)
-    except CrmscoreError as exc:
-        report.note = f"no reference: {exc}"
-        log.warning("%s drift: %s", task, report.note)
-        return report
-    report.reference_cutoff, report.reference_rows = reference.holdout_cutoff, reference.rows
-    current = result.features
-    if current is None:
-        report.note = "no rows to compare"
-        return report
-    current = current.filter(pl.col(FEATURE_TIMESTAMP).is_not_null())
-    report.current_rows = current.height
-    report.features, report.score_psi = drift_mod.compare(
-        reference, current, result.probabilities[np.isfinite(result.probabilities)])
-    drift_mod.finish(report)
-    return report
-
-
-def _log_drift(report: drift_mod.DriftReport, manifest: RunManifest) -> None:
-    try:
-        report.mlflow_run_id = drift_mod.log_to_mlflow(report, manifest.model_dump(mode="json"))
-    except Exception as exc:  # noqa: BLE001 - the scores are good; a tracking hiccup must not lose them
-        log.warning("%s drift: could not log to MLflow (%s: %s)", report.task, type(exc).__name__, exc)
-

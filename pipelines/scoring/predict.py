@@ -168,50 +168,56 @@ class BinaryPredictor:
     # -- reasons as JSON, column-wise ---------------------------------------------------------
 
     def reasons_json(self, contrib: np.ndarray, table: pa.Table | pa.RecordBatch) -> pa.Array:
-        """``{"up": [...], "down": [...]}`` per row, each item ``{feature, value, impact}``.
-
-        The indices are ``top_reasons``' (the rule of ``ScoringModel.reasons``). The
-        positive ones form a prefix of the descending order (and the negative ones of
-        the ascending), so a slot is present exactly when all before it are, and commas
-        never need cleaning up.
-        """
-        picked = top_reasons(contrib, self.top)
-        names = pa.array([json.dumps(f) for f in self.features], pa.string())
-        parts: dict[str, pa.Array] = {}
-        for direction, idx, ok in (("up", picked.up, picked.up_ok), ("down", picked.down, picked.down_ok)):
-            impacts = np.take_along_axis(contrib, idx, axis=1)
-            pieces = []
-            for r in range(idx.shape[1]):
-                item = pc.binary_join_element_wise(
-                    '{"feature":', names.take(pa.array(idx[:, r])),
-                    ',"value":', self._values_json(table, idx[:, r]),
-                    ',"impact":', pc.cast(pa.array(impacts[:, r]), pa.string()), "}", "",
-                )
-                if r:
-                    item = pc.binary_join_element_wise(",", item, "")
-                pieces.append(pc.if_else(pa.array(ok[:, r]), item, ""))
-            parts[direction] = pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
-        return pc.binary_join_element_wise('{"up":[', parts["up"], '],"down":[', parts["down"], "]}", "")
-
-    def _values_json(self, table: pa.Table | pa.RecordBatch, feature_index: np.ndarray) -> pa.Array:
-        """For row i, the JSON literal of feature ``feature_index[i]``'s value in row i."""
-        order = np.argsort(feature_index, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(feature_index, minlength=len(self.features)))])
-        pieces = []
-        for j, name in enumerate(self.features):
-            rows = order[bounds[j]:bounds[j + 1]]
-            if len(rows):
-                pieces.append(_json_literals(table.column(name).take(pa.array(rows))))
-        joined = pa.concat_arrays(pieces)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return joined.take(pa.array(inverse))
+        """``{"up": [...], "down": [...]}`` per row (``reasons_json``)."""
+        return reasons_json(contrib, table, self.features, self.top)
 
     def score_batches(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """``mapInArrow``'s function: score each incoming batch."""
         for batch in batches:
             if batch.num_rows:
                 yield from self.score_table(batch).to_batches()
+
+
+def reasons_json(contrib: np.ndarray, table: pa.Table | pa.RecordBatch, features: list[str], top: int) -> pa.Array:
+    """``{"up": [...], "down": [...]}`` per row, each item ``{feature, value, impact}``.
+
+    The indices are ``top_reasons``' (the rule of ``ScoringModel.reasons``). The
+    positive ones form a prefix of the descending order (and the negative ones of
+    the ascending), so a slot is present exactly when all before it are, and commas
+    never need cleaning up.
+    """
+    picked = top_reasons(contrib, top)
+    names = pa.array([json.dumps(f) for f in features], pa.string())
+    parts: dict[str, pa.Array] = {}
+    for direction, idx, ok in (("up", picked.up, picked.up_ok), ("down", picked.down, picked.down_ok)):
+        impacts = np.take_along_axis(contrib, idx, axis=1)
+        pieces = []
+        for r in range(idx.shape[1]):
+            item = pc.binary_join_element_wise(
+                '{"feature":', names.take(pa.array(idx[:, r])),
+                ',"value":', _values_json(table, idx[:, r], features),
+                ',"impact":', pc.cast(pa.array(impacts[:, r]), pa.string()), "}", "",
+            )
+            if r:
+                item = pc.binary_join_element_wise(",", item, "")
+            pieces.append(pc.if_else(pa.array(ok[:, r]), item, ""))
+        parts[direction] = pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
+    return pc.binary_join_element_wise('{"up":[', parts["up"], '],"down":[', parts["down"], "]}", "")
+
+
+def _values_json(table: pa.Table | pa.RecordBatch, feature_index: np.ndarray, features: list[str]) -> pa.Array:
+    """For row i, the JSON literal of feature ``feature_index[i]``'s value in row i."""
+    order = np.argsort(feature_index, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(feature_index, minlength=len(features)))])
+    pieces = []
+    for j, name in enumerate(features):
+        rows = order[bounds[j]:bounds[j + 1]]
+        if len(rows):
+            pieces.append(_json_literals(table.column(name).take(pa.array(rows))))
+    joined = pa.concat_arrays(pieces)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return joined.take(pa.array(inverse))
 
 
 def _json_literals(values: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -8,7 +8,8 @@
 * ``write_postgres``: the run into ``<schema>.<task>_scores`` (created if
   needed; primary key entity + as_of). One transaction deletes the rows of that
   as_of and copies the new ones in, so a rerun replaces, never duplicates, and a
-  reader sees either the old or the new run, never half of one.
+  reader sees either the old or the new run, never half of one. A customer-value
+  run brings its tier migration along (``<schema>.clv_migration``, same transaction).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from features.catalog import (
     SCORE_VIEW_NAMES,
 )
 from features.store import feature_store
-from pipelines.scoring.table import latest_partition, read_manifest
+from pipelines.scoring.migration import MIGRATION_TABLE
+from pipelines.scoring.table import latest_partition, partition_dir, read_manifest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,7 +78,10 @@ def push_online(ws: Workspace, task: str, as_of: datetime | None = None, profile
     table, partition = read_run(ws, task, as_of)
     manifest = read_manifest(partition)
     store = store or feature_store(ws, profile)
-    view = SCORE_VIEW_NAMES[task]
+    view = SCORE_VIEW_NAMES.get(task)
+    if view is None:
+        raise CrmscoreError(f"{task} scores have no online view (features.catalog.SCORE_VIEW_NAMES); "
+                            "publish them with --to-postgres")
     _require_view(store, view)
     frame = _push_frame(task, table)
     for start in range(0, len(frame), PUSH_BATCH):
@@ -140,48 +145,61 @@ def pg_conninfo(url: str) -> str:
 
 def write_postgres(ws: Workspace, task: str, url: str, as_of: datetime | None = None,
                    schema: str = DEFAULT_PG_SCHEMA) -> PublishSummary:
-    """Replace the run's as_of in ``<schema>.<task>_scores`` with the run's rows."""
+    """Replace the run's as_of in ``<schema>.<task>_scores`` with the run's rows (customer value:
+    and its tier migration in ``<schema>.clv_migration``, in the same transaction)."""
+    table, partition = read_run(ws, task, as_of)
+    manifest = read_manifest(partition)
+    key = JOIN_KEYS[SCORE_ENTITIES.get(task, "customer")]
+    name = f"{task}_scores"
+    tables = [(name, table)]
+    migration = partition_dir(ws.scores, MIGRATION_TABLE, manifest.as_of)
+    if manifest.migration is not None and migration.is_dir():
+        files = sorted(str(p) for p in migration.glob("*.parquet"))
+        tables.append((MIGRATION_TABLE, ds.dataset(files, format="parquet").to_table()))
+    started = time.perf_counter()
+    _replace_in_postgres(url, schema, tables, key, manifest.as_of)
+    seconds = time.perf_counter() - started
+    log.info("wrote %d %s scores (as of %s) to PostgreSQL %s.%s in %.1fs", table.num_rows, task,
+             f"{manifest.as_of:%Y-%m-%d}", schema, name, seconds)
+    return PublishSummary(task=task, target=f"postgresql {schema}.{name}", as_of=manifest.as_of,
+                          rows=table.num_rows, seconds=round(seconds, 3), model_version=manifest.model_version)
+
+
+def _replace_in_postgres(url: str, schema: str, tables: list[tuple[str, pa.Table]], key: str,
+                         as_of: datetime) -> None:
+    """In one transaction, per (name, table): create ``<schema>.<name>`` if needed (primary key
+    ``key`` + as_of), delete its rows of ``as_of`` and copy the table's rows in."""
     try:  # an optional extra (crmscore[postgres])
         import psycopg
         from psycopg import sql
     except ImportError:
         raise CrmscoreError("--to-postgres needs psycopg: pip install 'crmscore[postgres]'") from None
 
-    started = time.perf_counter()
-    table, partition = read_run(ws, task, as_of)
-    manifest = read_manifest(partition)
-    key = JOIN_KEYS[SCORE_ENTITIES[task]]
-    name = f"{task}_scores"
-    columns = table.schema.names
     json_columns = {"reasons"}
-    defs = []
-    for f in table.schema:
-        pg_type = "jsonb" if f.name in json_columns else _pg_type(f.type)
-        if pg_type is None:
-            raise CrmscoreError(f"{name}.{f.name}: no PostgreSQL type for {f.type}")
-        defs.append(sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type)))
-    target = sql.Identifier(schema, name)
     try:
         with psycopg.connect(pg_conninfo(url)) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}, {}))").format(
-                target, sql.SQL(", ").join(defs), sql.Identifier(key), sql.Identifier(SCORE_TIMESTAMP)))
-            cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, sql.Identifier(SCORE_TIMESTAMP)),
-                        [manifest.as_of])
-            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                target, sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-            with cur.copy(copy_sql) as copy:
-                for batch in table.to_batches(max_chunksize=50_000):
-                    values = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-                    for row in zip(*values, strict=True):
-                        copy.write_row(row)
+            for name, table in tables:
+                defs = []
+                for f in table.schema:
+                    pg_type = "jsonb" if f.name in json_columns else _pg_type(f.type)
+                    if pg_type is None:
+                        raise CrmscoreError(f"{name}.{f.name}: no PostgreSQL type for {f.type}")
+                    defs.append(sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type)))
+                target = sql.Identifier(schema, name)
+                cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}, {}))").format(
+                    target, sql.SQL(", ").join(defs), sql.Identifier(key), sql.Identifier(SCORE_TIMESTAMP)))
+                cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, sql.Identifier(SCORE_TIMESTAMP)),
+                            [as_of])
+                copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    target, sql.SQL(", ").join(sql.Identifier(c) for c in table.schema.names))
+                with cur.copy(copy_sql) as copy:
+                    for batch in table.to_batches(max_chunksize=50_000):
+                        values = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+                        for row in zip(*values, strict=True):
+                            copy.write_row(row)
     except psycopg.Error as exc:
         raise CrmscoreError(f"--to-postgres: {type(exc).__name__}: {exc}".strip()) from None
-    seconds = time.perf_counter() - started
-    log.info("wrote %d %s scores (as of %s) to PostgreSQL %s.%s in %.1fs", table.num_rows, task,
-             f"{manifest.as_of:%Y-%m-%d}", schema, name, seconds)
-    return PublishSummary(task=task, target=f"postgresql {schema}.{name}", as_of=manifest.as_of,
-                          rows=table.num_rows, seconds=round(seconds, 3), model_version=manifest.model_version)
 
 
 def publish_all(ws: Workspace, tasks: Sequence[str], *, online: bool = True, profile: str = "local",

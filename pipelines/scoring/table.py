@@ -122,6 +122,8 @@ class Distribution(BaseModel):
 
     grades: dict[str, int] = Field(default_factory=dict, description="rows per grade/band, best first")
     probability: dict[str, float] = Field(default_factory=dict, description="mean and quantiles")
+    value: dict[str, float] = Field(default_factory=dict, description="customer value: total, mean and "
+                                                                       "quantiles of clv over horizon_days")
 
 
 def grade_counts(scored: pa.Table, column: str) -> dict[str, int]:
@@ -154,6 +156,8 @@ class RunManifest(BaseModel):
     stages: StageSeconds = Field(default_factory=StageSeconds)
     output: str
     drift: dict | None = Field(None, description="summary of the drift report (pipelines/drift.py)")
+    migration: dict | None = Field(None, description="customer value: the tier migration against the previous "
+                                                     "run (pipelines/scoring/migration.py)")
     started_at: datetime
     finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
