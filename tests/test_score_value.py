@@ -1,11 +1,16 @@
 """Batch customer value: the tier migration between two ``score clv`` runs, on hand-built
-frames (exact values), and which earlier run counts as "the previous one"."""
+frames (exact values), which earlier run counts as "the previous one", and the batch
+predictor against the model's own ``predict`` on a hand-built model."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 
@@ -57,3 +62,92 @@ def test_the_previous_run_is_the_newest_partition_before_the_date(tmp_path: Path
     assert previous_partition(tmp_path, "clv", on).name == "as_of_date=2025-01-06"  # a rerun: the same one
     assert previous_partition(tmp_path, "clv", datetime(2025, 2, 1, tzinfo=UTC)).name == "as_of_date=2025-01-20"
     assert previous_partition(tmp_path, "clv", datetime(2025, 1, 6, tzinfo=UTC)) is None
+
+
+# --- a hand-built value model: what batch scoring (and the service) answer with ---------------
+
+#: The run-rate and RFM columns of the customer_value view the model, the margin and the tier read.
+VALUE_FEATURES = ["rfm_frequency", "rfm_monetary", "peer_expected_spend", "value_spend_365", "value_tickets_365",
+                  "value_complaints_365", "rfm_segment"]
+
+
+def value_frame(n: int = 400, seed: int = 3) -> tuple[pd.DataFrame, np.ndarray]:
+    """Customers with the value view's columns and a spend label drawn from a known function."""
+    rng = np.random.default_rng(seed)
+    frequency = rng.poisson(3, n)
+    monetary = np.where(frequency > 0, rng.gamma(2.0, 40.0, n), np.nan)
+    spend_365 = frequency * np.nan_to_num(monetary) * rng.uniform(0.2, 0.6, n)
+    complaints = rng.poisson(0.6, n)
+    frame = pd.DataFrame({
+        "customer_id": [f"C{i:05d}" for i in range(n)],
+        "rfm_frequency": frequency, "rfm_monetary": monetary,
+        "peer_expected_spend": np.where(rng.random(n) < 0.1, np.nan, spend_365 * rng.uniform(0.5, 1.5, n)),
+        "value_spend_365": spend_365, "value_tickets_365": rng.poisson(1.0, n), "value_complaints_365": complaints,
+        "rfm_segment": rng.choice(["Champions", "Lost", "At risk", None], n),
+    })
+    buys = rng.random(n) < 1 / (1 + np.exp(-(frequency - 2.5)))
+    y = np.where(buys, 0.8 * spend_365 + rng.gamma(2.0, 20.0, n), 0.0)
+    return frame, y
+
+
+def train_value_model(frame: pd.DataFrame, y: np.ndarray, features: list[str], categorical: list[str],
+                      feature_service: str, version: str = "1") -> Any:
+    """A tweedie ``ValueModel`` with quantile interval boosters, as training.value makes them."""
+    import lightgbm as lgb
+
+    from training.encoding import Encoder
+    from training.model import ModelSpec, fit_categories
+    from training.tasks import VALUE
+    from training.value.scorer import ValueModel
+    from training.value.spec import TierThresholds, ValueSettings, ValueSpec
+    from training.value.tiers import fit_thresholds
+
+    spec = ModelSpec(task=VALUE.key, model_name=VALUE.model_name, feature_service=feature_service,
+                     entity_key=VALUE.key_column, features=features, categories=fit_categories(frame, categorical),
+                     label_window_days=VALUE.window_days)
+    x = Encoder.of(spec).frame(frame)
+    base = {"verbose": -1, "num_threads": 1, "min_data_in_leaf": 10, "seed": 1, "deterministic": True}
+    boosters = {role: lgb.train({**base, **params}, lgb.Dataset(x, y), 25) for role, params in (
+        ("clv", {"objective": "tweedie"}), ("low", {"objective": "quantile", "alpha": 0.1}),
+        ("high", {"objective": "quantile", "alpha": 0.9}))}
+    settings = ValueSettings()
+    model = ValueModel(name=VALUE.model_name, version=version, run_id=None, boosters=boosters,
+                       spec=ValueSpec(model=spec, settings=settings, kind="tweedie", conformal=2.5,
+                                      thresholds=TierThresholds(a_threshold=0.0, median_clv=0.0)))
+    model.spec.thresholds = fit_thresholds(model.mean(x), settings)
+    return model
+
+
+def test_batch_scores_are_what_the_model_predicts() -> None:
+    """The batch predictor (Arrow columns, no pandas frame of the features) answers exactly
+    ``ValueModel.predict`` and ``ValueModel.reasons``; a customer without features gets nulls."""
+    import pyarrow as pa
+
+    from pipelines.scoring.types import FEATURE_TIMESTAMP
+    from pipelines.scoring.value import ValuePredictor
+
+    frame, y = value_frame()
+    model = train_value_model(frame, y, VALUE_FEATURES, ["rfm_segment"], "customer_value")
+    as_of = datetime(2025, 3, 3, tzinfo=UTC)
+    stamps = pd.Series([as_of] * len(frame), dtype="datetime64[us, UTC]")
+    stamps[5] = pd.NaT
+    table = pa.Table.from_pandas(frame.assign(**{FEATURE_TIMESTAMP: stamps}), preserve_index=False)
+    out = ValuePredictor(model, "customer_id", as_of, reasons="all").score_table(table).to_pandas()
+    want = model.predict(frame)
+    assert set(want["tier"]) == {"A", "B", "C", "D"}, "the hand-built world has every tier"
+    found = np.arange(len(frame)) != 5
+    for column in ("clv", "clv_low", "clv_high", "expected_margin"):
+        assert out[column][found].tolist() == want[column][found].tolist()
+    assert out["tier"][found].tolist() == want["tier"][found].tolist()
+    assert out.loc[5, ["clv", "tier", "reasons"]].isna().all()
+    assert out["rfm_segment"].tolist()[:20] == frame["rfm_segment"].tolist()[:20]
+    assert out.columns.tolist() == ["customer_id", "as_of", "clv", "clv_low", "clv_high", "expected_margin", "tier",
+                                    "rfm_segment", "reasons", "model_version", FEATURE_TIMESTAMP]
+    reasons = model.reasons(frame.iloc[:40])
+    for i in range(40):
+        if i == 5:
+            continue
+        got = json.loads(out.loc[i, "reasons"])
+        for side in ("up", "down"):
+            assert [(r["feature"], r["value"]) for r in got[side]] == [(r.feature, r.value) for r in reasons[i][side]]
+            assert [r["impact"] for r in got[side]] == pytest.approx([r.impact for r in reasons[i][side]], rel=1e-12)
