@@ -46,7 +46,6 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 
 @pytest.mark.slow
 def test_a_fold_trains_as_of_its_origin_registers_nothing_and_is_judged_on_the_window_after(ws: Workspace) -> None:
-    from crmdata.lake import last_event
     from features.labels import churn_labels
     from pipelines.backtest import backtest
     from training.registry import configure_mlflow
@@ -55,12 +54,19 @@ def test_a_fold_trains_as_of_its_origin_registers_nothing_and_is_judged_on_the_w
     client = configure_mlflow()  # this workspace's store (an earlier test may have pointed MLflow elsewhere)
     versions = {v.version for v in client.search_model_versions("name='crm-churn'")}
     champion = client.get_model_version_by_alias("crm-churn", "champion").version
-    origin = last_event(ws.lake) - timedelta(days=90)
-    result = backtest(ws, get_task("churn"), start=origin, end=origin)
+    from crmdata.lake import event_span
+
+    first, last = event_span(ws.lake)
+    origin = last - timedelta(days=90)
+    early = first + timedelta(days=20)  # too little history before it: the trainer refuses
+    result = backtest(ws, get_task("churn"), start=early, end=origin, every=origin - early)
 
     assert {v.version for v in client.search_model_versions("name='crm-churn'")} == versions
     assert client.get_model_version_by_alias("crm-churn", "champion").version == champion
-    [fold] = result.folds
+    skipped, fold = result.folds
+    assert skipped.origin == early and skipped.run_id is None and skipped.roc_auc is None
+    assert skipped.skipped is not None and skipped.skipped.startswith("need ≥")
+    assert result.ran == [fold]
     assert fold.origin == origin
     assert fold.rows == churn_labels(ws.lake, [origin], window_days=90, mode="subscription").height
     assert 0.6 < fold.roc_auc <= 1 and 0 < fold.positive_rate < 1
@@ -69,7 +75,50 @@ def test_a_fold_trains_as_of_its_origin_registers_nothing_and_is_judged_on_the_w
     assert run.data.tags["trained_as_of"] == f"{origin:%Y-%m-%d}"
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["backtest"] == "true" and parent.data.metrics["roc_auc"] == fold.roc_auc
+    assert parent.data.tags[f"skipped.{early:%Y-%m-%d}"] == skipped.skipped
     assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"backtest.json", "plots"}
+
+
+@pytest.mark.slow
+def test_an_nbp_fold_fits_as_of_its_origin_registers_nothing_and_is_judged_against_popularity(
+        ws: Workspace) -> None:
+    from crmdata.lake import event_span
+    from pipelines.backtest import backtest
+    from training.nbp.interactions import read_lake, time_split
+    from training.nbp.train import NbpParams
+    from training.registry import configure_mlflow
+    from training.tasks import get_task
+
+    client = configure_mlflow()
+    name = "name='crm-next-best-product'"
+    versions = {v.version for v in client.search_model_versions(name)}
+    champion = client.get_model_version_by_alias("crm-next-best-product", "champion").version
+    first, last = event_span(ws.lake)
+    origin = last - timedelta(days=30)
+    result = backtest(ws, get_task("nbp"), start=origin, end=origin)
+
+    assert {v.version for v in client.search_model_versions(name)} == versions
+    assert client.get_model_version_by_alias("crm-next-best-product", "champion").version == champion
+    [fold] = result.folds
+    assert result.kind == "recommender" and fold.skipped is None and fold.roc_auc is None
+    # Judged: the customers with an order before the origin who bought an eligible product in the 30 days after.
+    split = time_split(read_lake(ws.lake), 30, origin, NbpParams().confidence)
+    assert fold.rows == split.test_rows.size > 0
+    assert 0 < fold.ndcg_at_10 <= fold.hit_rate_at_10 <= 1
+    assert 0 < fold.popularity_ndcg_at_10 <= fold.popularity_hit_rate_at_10 <= 1
+    run = client.get_run(fold.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert run.data.tags["trained_as_of"] == f"{origin:%Y-%m-%d}"
+    assert run.data.params["cutoff"] == f"{origin - timedelta(days=30):%Y-%m-%d}"  # its own test window ends at T
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.metrics["ndcg_at_10"] == fold.ndcg_at_10
+    assert parent.data.metrics["popularity_ndcg_at_10"] == fold.popularity_ndcg_at_10
+
+    # An origin with no orders far enough before it: no fold ran, and the error says why.
+    early = first + timedelta(days=10)
+    with pytest.raises(CrmscoreError, match=rf"^no fold of the nbp backtest ran \(1 skipped\): "
+                                            rf"{early:%Y-%m-%d}: "):
+        backtest(ws, get_task("nbp"), start=early, end=early)
 
 
 # --- skipped folds, the table, the option names (no training) ---------------------------------
