@@ -17,6 +17,8 @@ import pytest
 from crmdata.errors import CrmscoreError
 from pipelines.scoring.migration import movement_counts, previous_partition, tier_migration
 
+pytest_plugins = ["tests.conftest_serving"]
+
 TIERS = ["A", "B", "C", "D"]
 
 
@@ -151,3 +153,74 @@ def test_batch_scores_are_what_the_model_predicts() -> None:
         for side in ("up", "down"):
             assert [(r["feature"], r["value"]) for r in got[side]] == [(r.feature, r.value) for r in reasons[i][side]]
             assert [r["impact"] for r in got[side]] == pytest.approx([r.impact for r in reasons[i][side]], rel=1e-12)
+
+
+# --- score clv on the tiny serving world (slow) ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_score_clv_twice_writes_scores_and_the_migration(serving_world: Any, tmp_path: Path) -> None:
+    """Two dates scored on a copy of the tiny serving world: the score table is the model's
+    answer on the point-in-time features, the second run's migration is the movement of every
+    customer's tier between the two tables, and a rerun writes the same migration."""
+    import shutil
+
+    from crmdata.workspace import Workspace
+    from features.build import read_build_summary
+    from features.store import feature_store
+    from pipelines.scoring.inputs import population, read_features_as_of, resolve_service
+    from pipelines.scoring.migration import MIGRATION_TABLE
+    from pipelines.scoring.table import partition_dir, read_manifest
+    from pipelines.scoring.types import ScoreOptions
+    from pipelines.scoring.value import score_value
+    from training.tasks import VALUE
+
+    home = tmp_path / "home"
+    shutil.copytree(serving_world.ws.home, home, ignore=shutil.ignore_patterns("mlflow", "scores"))
+    ws = Workspace(home)
+    dates = sorted(read_build_summary(ws.feature_tables).as_of)
+    first, second = dates[-2], dates[-1]
+    plan = resolve_service(feature_store(ws), VALUE.feature_service)
+    features = read_features_as_of(plan, population(ws.lake, VALUE.key, second), second).to_pandas()
+    spend = pd.to_numeric(features["value_spend_365"]).fillna(0).to_numpy()
+    rng = np.random.default_rng(9)
+    y = np.where(rng.random(len(features)) < 0.6, 0.9 * spend + rng.gamma(2.0, 15.0, len(features)), 0.0)
+    model = train_value_model(features, y, [*VALUE_FEATURES, "logins_30d", "tickets_90d"], ["rfm_segment"],
+                              VALUE.feature_service)
+    options = ScoreOptions(drift=False, threads=2, chunk_rows=200)
+
+    one = score_value(ws, first, options, model=model)
+    assert one.migration is not None and one.migration["previous_as_of"] is None
+    assert one.migration["counts"]["new"] == one.rows - one.no_features
+    two = score_value(ws, second, options, model=model)
+
+    scores = pl.read_parquet(partition_dir(ws.scores, VALUE.key, second)).sort("customer_id")
+    assert scores.height == len(features) == two.rows
+    want = model.predict(features)
+    assert scores["clv"].to_list() == pytest.approx(want["clv"].tolist(), rel=1e-12)
+    assert scores["tier"].to_list() == want["tier"].tolist()
+    assert scores["rfm_segment"].to_list() == features["rfm_segment"].tolist()
+    assert read_manifest(partition_dir(ws.scores, VALUE.key, second)).distribution.grades == {
+        t: int((want["tier"] == t).sum()) for t in "ABCD"}
+
+    before = dict(pl.read_parquet(partition_dir(ws.scores, VALUE.key, first)).select("customer_id", "tier").rows())
+    after = dict(scores.select("customer_id", "tier").rows())
+    rank = {t: i for i, t in enumerate("ABCD")}
+    expected = []
+    for cid in sorted(set(before) | set(after)):
+        b, a = before.get(cid), after.get(cid)
+        if b is None and a is None:
+            continue
+        move = ("new" if b is None else "lost" if a is None else "upgraded" if rank[a] < rank[b]
+                else "downgraded" if rank[a] > rank[b] else "same")
+        expected.append((cid, b, a, move))
+    migration = pl.read_parquet(partition_dir(ws.scores, MIGRATION_TABLE, second))
+    assert migration.select("customer_id", "tier_before", "tier_after", "movement").rows() == expected
+    assert migration["previous_as_of"].unique().to_list() == [first]
+    counts = {m: sum(1 for e in expected if e[3] == m) for m in ("upgraded", "downgraded", "same", "new", "lost")}
+    assert two.migration is not None and two.migration["counts"] == counts
+    assert counts["same"] > 0
+
+    again = score_value(ws, second, options, model=model)  # a rerun compares with the same previous run
+    assert again.migration == two.migration
+    assert pl.read_parquet(partition_dir(ws.scores, MIGRATION_TABLE, second)).equals(migration)
