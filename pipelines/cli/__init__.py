@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli import data, features, models, pipeline, score, serving
+from pipelines.cli import data, features, models, pipeline, report, score, serving
 from pipelines.cli.common import configure_logging, console, state
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 # In the order of the work: data, features, models, scores, the service, all of it at once.
-for group in (data, features, models, score, serving, pipeline):
+for group in (data, features, models, score, serving, pipeline, report):
     app.add_typer(group.app)
 
 
