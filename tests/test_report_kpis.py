@@ -26,7 +26,7 @@ from tests.test_report_lakes import (
     write_score_tables,
 )
 
-HOLDOUT = {"run-lead": scores.ModelRun(holdout_auc=0.9, window_days=60)}
+HOLDOUT = {"run-lead": scores.ModelRun(holdout_auc=0.9, window_days=60, holdout_cutoff=ts(2025, 3, 2))}
 
 
 def lookup(run_id: str) -> scores.ModelRun:
@@ -256,6 +256,8 @@ def test_monitor_judges_matured_runs_and_flags(report_a: Report) -> None:
     assert first["realized_auc"] == 1.0 and first["holdout_auc"] == 0.9 and not first["flagged"]
     assert first["top_grade"] == "A" and first["top_lift"] == 4.0
     assert second["realized_auc"] == 0.0 and second["flagged"] and second["top_lift"] == 0.0
+    # The model's holdout starts 2025-03-02: the run of the day before is judged in-sample.
+    assert (first["in_sample"], second["in_sample"]) == (True, False)
     grades = [(g["grade"], g["n"], g["predicted_mean"], g["observed_rate"])
               for g in monitor.tables["grades"] if g["as_of"] == "2025-03-01"]
     assert grades == [("A", 1, 0.7, 1.0), ("B", 2, pytest.approx(0.45), 0.0), ("C", 1, 0.2, 0.0),
@@ -264,6 +266,12 @@ def test_monitor_judges_matured_runs_and_flags(report_a: Report) -> None:
     assert [(a.task, a.as_of, a.realized_auc, a.holdout_auc) for a in report_a.alerts] == [
         ("lead", "2025-03-02", 0.0, 0.9)]
     assert monitor.summary == {"runs_judged": 2, "runs_waiting": 1, "flagged": 1, "mean_realized_auc": 0.5}
+
+
+def test_holdout_cutoff_as_mlflow_keeps_it() -> None:
+    """trainer.py logs str() of a pandas Timestamp."""
+    assert scores._parse_time("2025-09-29 00:00:00+00:00") == ts(2025, 9, 29)
+    assert scores._parse_time("not a date") is None and scores._parse_time(None) is None
 
 
 def test_monitor_without_holdout_does_not_flag(ws_a: Workspace) -> None:

@@ -25,6 +25,7 @@ import polars as pl
 from crmdata.contract import ORDERS
 from crmdata.errors import CrmscoreError
 from crmdata.lake import table_path
+from crmdata.times import as_utc
 from crmdata.workspace import Workspace
 from pipelines.report.model import Alert, Grid, Section
 from pipelines.scoring.migration import TIER_AFTER, TIER_BEFORE, movement_counts, tier_migration
@@ -52,6 +53,9 @@ class ModelRun:
     holdout_auc: float | None = None
     window_days: int | None = None
     mode: str | None = None
+    #: The training run's holdout cutoff: a scoring run dated before it was judged on a period
+    #: whose outcomes the model was trained or validated on (a backfill), so it is in-sample.
+    holdout_cutoff: datetime | None = None
 
 
 ModelLookup = Callable[[str], ModelRun]
@@ -169,13 +173,23 @@ def mlflow_lookup() -> ModelLookup:
                 window = run.data.params.get("label_window_days")
                 cache[run_id] = ModelRun(holdout_auc=run.data.metrics.get("roc_auc"),
                                          window_days=int(window) if window and window.isdigit() else None,
-                                         mode=run.data.params.get("mode") or None)
+                                         mode=run.data.params.get("mode") or None,
+                                         holdout_cutoff=_parse_time(run.data.params.get("holdout_cutoff")))
             except Exception as exc:  # noqa: BLE001 - a missing run makes the holdout unknown, not the report fail
                 log.warning("monitor: training run %s unreadable (%s)", run_id, type(exc).__name__)
                 cache[run_id] = ModelRun()
         return cache[run_id]
 
     return lookup
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(value))
+    except ValueError:
+        return None
 
 
 def realized_labels(ws: Workspace, task: Task, as_of: datetime, window_days: int, mode: str | None) -> pl.DataFrame:
@@ -235,6 +249,8 @@ def monitor_section(ws: Workspace, grid: Grid, lookup: ModelLookup | None = None
         "flag": f"realized AUC < holdout AUC − {AUC_TOLERANCE} (red here; alerts[] in the JSON)",
         "per grade": "customers/leads per band or grade, their mean predicted probability and the observed rate",
         "lift": "observed rate of the best grade (churn: high band, leads: A) ÷ the run's observed rate",
+        "in sample": "the run is dated before its model's training holdout cutoff: the model was trained or "
+                     "validated on outcomes of that period (a backfilled run), so its realized AUC is optimistic",
         "value deciles": "customer value: predicted vs realized spend by decile (in the value section)",
     }
     lookup = lookup or mlflow_lookup()
@@ -271,7 +287,9 @@ def monitor_section(ws: Workspace, grid: Grid, lookup: ModelLookup | None = None
             runs.append({**base, "judged": judged["judged"], "positives": judged["positives"],
                          "observed_rate": judged["observed_rate"], "predicted_mean": judged["predicted_mean"],
                          "realized_auc": judged["realized_auc"], "holdout_auc": info.holdout_auc,
-                         "top_grade": judged["top_grade"], "top_lift": judged["top_lift"], "flagged": flagged})
+                         "top_grade": judged["top_grade"], "top_lift": judged["top_lift"],
+                         "in_sample": info.holdout_cutoff is not None and date < info.holdout_cutoff,
+                         "flagged": flagged})
             grades += [{"task": task.key, "as_of": base["as_of"], **g} for g in judged["grades"]]
             if flagged:
                 alerts.append(Alert(task=task.key, as_of=base["as_of"], model_version=manifest.model_version,
