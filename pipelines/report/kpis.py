@@ -94,6 +94,12 @@ class LakeSQL:
         self.con.register("months_df", months.to_arrow())
         self.con.execute("CREATE TEMP TABLE months AS SELECT idx, month, CAST(ms AS TIMESTAMP) AS ms, "
                          "CAST(me AS TIMESTAMP) AS me FROM months_df")
+        # Boundaries: 0 = the first month's start, j + 1 = month j's end (= month j + 1's start).
+        self.con.execute("CREATE TEMP TABLE points AS SELECT 0 AS pidx, ms AS t FROM months WHERE idx = 0 "
+                         "UNION ALL SELECT idx + 1 AS pidx, me AS t FROM months")
+        # The month index of a timestamp: calendar arithmetic, no join (-1 = before the first month).
+        first = grid.first
+        self.con.execute(f"CREATE MACRO midx(t) AS (year(t) - {first.year}) * 12 + month(t) - {first.month}")
         self.as_of = as_of
 
     def _columns(self, path: Path) -> set[str]:
@@ -125,36 +131,41 @@ def lake_mode(sql: LakeSQL) -> Mode | None:
 
 
 def build_spells(sql: LakeSQL, mode: Mode, window_days: int) -> None:
-    """The ``spells`` temp table: customer_id, spell (1 = first), s (start), e (end, null while
-    still active at as_of)."""
+    """Temp tables ``intervals`` (customer_id, s, spell: the spell each order / subscription
+    belongs to), ``spells`` (customer_id, spell (1 = first), s, e: null while still active at
+    as_of) and ``active_points`` (customer_id, pidx: active at boundary ``pidx`` of ``points``,
+    0 = the first month's start, j + 1 = month j's end)."""
     as_of = f"TIMESTAMP '{sql.as_of:%Y-%m-%d %H:%M:%S.%f}'"
     if mode == "subscription":
-        intervals = "SELECT customer_id, started_at AS s, ended_at AS e FROM subscriptions"
+        source = "SELECT customer_id, started_at AS s, ended_at AS e FROM subscriptions"
     else:
-        intervals = (f"SELECT customer_id, ordered_at AS s, ordered_at + INTERVAL {int(window_days)} DAY AS e "
-                     "FROM orders")
+        source = (f"SELECT customer_id, ordered_at AS s, ordered_at + INTERVAL {int(window_days)} DAY AS e "
+                  "FROM orders")
     sql.con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE spells AS
+        CREATE OR REPLACE TEMP TABLE intervals AS
         WITH iv AS (
-            SELECT customer_id, s, CASE WHEN e IS NULL OR e >= {as_of} THEN NULL ELSE e END AS e
-            FROM ({intervals})
+            SELECT customer_id, s, CASE WHEN e IS NULL OR e >= {as_of} THEN NULL ELSE e END AS e FROM ({source})
         ), running AS (
             SELECT *, max(coalesce(e, TIMESTAMP '9999-12-31')) OVER (
                 PARTITION BY customer_id ORDER BY s, e NULLS LAST
                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
             FROM iv
-        ), numbered AS (
-            SELECT *, sum(CASE WHEN prev_end IS NULL OR s > prev_end THEN 1 ELSE 0 END) OVER (
-                PARTITION BY customer_id ORDER BY s, e NULLS LAST ROWS UNBOUNDED PRECEDING) AS spell
-            FROM running
         )
-        SELECT customer_id, CAST(spell AS INTEGER) AS spell, min(s) AS s,
-               CASE WHEN bool_or(e IS NULL) THEN NULL ELSE max(e) END AS e
-        FROM numbered GROUP BY customer_id, spell
+        SELECT customer_id, s, e, CAST(sum(CASE WHEN prev_end IS NULL OR s > prev_end THEN 1 ELSE 0 END) OVER (
+                PARTITION BY customer_id ORDER BY s, e NULLS LAST ROWS UNBOUNDED PRECEDING) AS INTEGER) AS spell
+        FROM running
     """)
-
-
-# --- 1. customers per month ---------------------------------------------------------------------
+    sql.con.execute("""
+        CREATE OR REPLACE TEMP TABLE spells AS
+        SELECT customer_id, spell, min(s) AS s, CASE WHEN bool_or(e IS NULL) THEN NULL ELSE max(e) END AS e
+        FROM intervals GROUP BY customer_id, spell
+    """)
+    # A range join of every spell with the report's 13 boundaries (12 months): at most 13 rows a spell.
+    sql.con.execute("""
+        CREATE OR REPLACE TEMP TABLE active_points AS
+        SELECT DISTINCT p.customer_id, t.pidx FROM spells p
+        JOIN points t ON p.s < t.t AND coalesce(p.e, TIMESTAMP '9999-12-31') >= t.t
+    """)
 
 
 def customers_section(sql: LakeSQL, window_days: int) -> Section:
@@ -166,14 +177,29 @@ def customers_section(sql: LakeSQL, window_days: int) -> Section:
         section.notes.append("the lake has neither orders nor subscriptions: no customer is ever active")
         return section
     build_spells(sql, mode, window_days)
-    signups = "(SELECT count(*) FROM customers c WHERE c.signup_at >= m.ms AND c.signup_at < m.me)"
+    n = len(sql.grid.starts)
+    per_month: dict[str, str] = {
+        "new": "SELECT midx(s) AS idx, count(*) AS v FROM spells WHERE spell = 1 GROUP BY ALL",
+        "resurrected": "SELECT midx(s) AS idx, count(*) AS v FROM spells WHERE spell > 1 GROUP BY ALL",
+        "lost": "SELECT midx(e) AS idx, count(*) AS v FROM spells WHERE e IS NOT NULL GROUP BY ALL",
+        "active_at_start": "SELECT pidx AS idx, count(*) AS v FROM active_points GROUP BY ALL",
+        "active_at_end": "SELECT pidx - 1 AS idx, count(*) AS v FROM active_points GROUP BY ALL",
+    }
+    if sql.has(CUSTOMERS.name):
+        per_month["signups"] = "SELECT midx(signup_at) AS idx, count(*) AS v FROM customers GROUP BY ALL"
+    else:
+        section.notes.append("signups: the lake has no customers table")
     if mode == "transactional":
-        returning = """(SELECT count(DISTINCT o.customer_id) FROM orders o JOIN spells p
-                          ON p.customer_id = o.customer_id AND p.s < m.ms AND (p.e IS NULL OR p.e >= m.ms)
-                        WHERE o.ordered_at >= m.ms AND o.ordered_at < m.me)"""
+        # Customers who ordered in the month, in a spell that had started before it.
+        per_month["returning"] = """
+            SELECT midx(i.s) AS idx, count(DISTINCT i.customer_id) AS v FROM intervals i
+            JOIN spells p ON p.customer_id = i.customer_id AND p.spell = i.spell
+            JOIN months m ON m.idx = midx(i.s) AND p.s < m.ms GROUP BY ALL"""
         touched = "SELECT customer_id, ordered_at AS t FROM orders"
     else:
-        returning = """(SELECT count(*) FROM spells p WHERE p.s < m.ms AND (p.e IS NULL OR p.e >= m.me))"""
+        per_month["returning"] = """
+            SELECT a.pidx AS idx, count(*) AS v FROM active_points a
+            JOIN active_points b ON b.customer_id = a.customer_id AND b.pidx = a.pidx + 1 GROUP BY ALL"""
         parts = []
         if sql.has(ORDERS.name):
             parts.append("SELECT customer_id, ordered_at AS t FROM orders")
@@ -182,39 +208,37 @@ def customers_section(sql: LakeSQL, window_days: int) -> Section:
             parts.append(f"SELECT customer_id, occurred_at AS t FROM interactions WHERE type NOT IN ({outbound})")
         touched = " UNION ALL ".join(parts)
     if touched:
-        dormant = f"""(SELECT count(*) FROM spells p WHERE p.s < m.me AND (p.e IS NULL OR p.e >= m.me)
-                        AND NOT EXISTS (SELECT 1 FROM ({touched}) a WHERE a.customer_id = p.customer_id
-                                        AND a.t >= m.ms AND a.t < m.me))"""
+        per_month["dormant"] = f"""
+            WITH touched AS (SELECT DISTINCT customer_id, midx(t) AS idx FROM ({touched}) WHERE t >= {_ts(sql.grid.first)})
+            SELECT a.pidx - 1 AS idx, count(*) AS v FROM active_points a
+            ANTI JOIN touched x ON x.customer_id = a.customer_id AND x.idx = a.pidx - 1
+            WHERE a.pidx > 0 GROUP BY ALL"""
     else:
-        dormant = "NULL"
         section.notes.append("dormant: the lake has no orders or interactions to see who did nothing")
-    subs = ""
     if mode == "subscription":
-        subs = """,
-            (SELECT count(*) FROM subscriptions x WHERE x.ended_at >= m.ms AND x.ended_at < m.me) AS subscriptions_ended,
-            (SELECT count(*) FROM subscriptions x WHERE x.started_at < m.ms
-                AND (x.ended_at IS NULL OR x.ended_at >= m.ms)) AS subscriptions_active_at_start"""
-    frame = sql.frame(f"""
-        SELECT m.month,
-            {signups if sql.has(CUSTOMERS.name) else 'NULL'} AS signups,
-            (SELECT count(*) FROM spells p WHERE p.spell = 1 AND p.s >= m.ms AND p.s < m.me) AS new,
-            {returning} AS returning,
-            (SELECT count(*) FROM spells p WHERE p.spell > 1 AND p.s >= m.ms AND p.s < m.me) AS resurrected,
-            {dormant} AS dormant,
-            (SELECT count(*) FROM spells p WHERE p.e >= m.ms AND p.e < m.me) AS lost,
-            (SELECT count(*) FROM spells p WHERE p.s < m.ms AND (p.e IS NULL OR p.e >= m.ms)) AS active_at_start,
-            (SELECT count(*) FROM spells p WHERE p.s < m.me AND (p.e IS NULL OR p.e >= m.me)) AS active_at_end
-            {subs}
-        FROM months m ORDER BY m.idx
-    """)
+        per_month["subscriptions_ended"] = ("SELECT midx(ended_at) AS idx, count(*) AS v FROM subscriptions "
+                                            "WHERE ended_at IS NOT NULL GROUP BY ALL")
+        per_month["subscriptions_active_at_start"] = """
+            SELECT t.pidx AS idx, count(*) AS v FROM subscriptions x
+            JOIN points t ON x.started_at < t.t AND coalesce(x.ended_at, TIMESTAMP '9999-12-31') >= t.t
+            GROUP BY ALL"""
+    order = ["signups", "new", "returning", "resurrected", "dormant", "lost", "active_at_start", "active_at_end",
+             "subscriptions_ended", "subscriptions_active_at_start"]
+    frame = pl.DataFrame({"month": sql.grid.labels})
+    for name in order:
+        if name not in per_month:
+            if name in ("signups", "dormant"):
+                frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias(name))
+            continue
+        counts = dict(sql.frame(f"SELECT idx, v FROM ({per_month[name]}) WHERE idx >= 0 AND idx < {n}").iter_rows())
+        frame = frame.with_columns(pl.Series(name, [int(counts.get(i, 0)) for i in range(n)], dtype=pl.Int64))
     frame = frame.with_columns(
-        (pl.col("lost") / pl.col("active_at_start")).alias("customer_churn_rate"))
+        (pl.col("lost") / pl.col("active_at_start")).fill_nan(None).alias("customer_churn_rate"))
     if mode == "subscription":
-        frame = frame.with_columns(
-            (pl.col("subscriptions_ended") / pl.col("subscriptions_active_at_start")).alias("churn_rate"))
+        frame = frame.with_columns((pl.col("subscriptions_ended") / pl.col("subscriptions_active_at_start"))
+                                   .fill_nan(None).alias("churn_rate"))
     else:
         frame = frame.with_columns(pl.col("customer_churn_rate").alias("churn_rate"))
-    frame = frame.with_columns(pl.col("churn_rate", "customer_churn_rate").fill_nan(None))
     section.tables["monthly"] = frame.to_dicts()
     section.tables["retention"] = retention_matrix(sql).to_dicts()
     last = frame.row(-1, named=True)
@@ -228,31 +252,31 @@ def retention_matrix(sql: LakeSQL) -> pl.DataFrame:
     """One row per cohort month (the month of a customer's first spell, within the report),
     its size, and ``m0``, ``m1`` … : the share of the cohort active at the end of the month
     that many months later (null for months not reached by ``as_of``)."""
-    counts = sql.frame("""
-        WITH cohorts AS (
-            SELECT p.customer_id, m.idx AS cohort FROM spells p JOIN months m ON p.s >= m.ms AND p.s < m.me
-            WHERE p.spell = 1
-        )
-        SELECT c.cohort, m.idx - c.cohort AS k, count(DISTINCT p.customer_id) AS active
-        FROM cohorts c JOIN spells p ON p.customer_id = c.customer_id
-        JOIN months m ON m.idx >= c.cohort AND p.s < m.me AND (p.e IS NULL OR p.e >= m.me)
+    n = len(sql.grid.starts)
+    counts = sql.frame(f"""
+        WITH cohorts AS (SELECT customer_id, midx(s) AS cohort FROM spells WHERE spell = 1 AND s >= {_ts(sql.grid.first)})
+        SELECT c.cohort, a.pidx - 1 - c.cohort AS k, count(*) AS active
+        FROM cohorts c JOIN active_points a ON a.customer_id = c.customer_id AND a.pidx - 1 >= c.cohort
         GROUP BY ALL
     """)
-    sizes = sql.frame("""
-        SELECT m.idx AS cohort, m.month, count(p.customer_id) AS customers FROM months m
-        LEFT JOIN spells p ON p.spell = 1 AND p.s >= m.ms AND p.s < m.me GROUP BY ALL ORDER BY m.idx
+    sizes = sql.frame(f"""
+        SELECT midx(s) AS cohort, count(*) AS customers FROM spells
+        WHERE spell = 1 AND s >= {_ts(sql.grid.first)} GROUP BY ALL
     """)
-    n = sizes.height
-    out = sizes
-    for k in range(n):
-        col = (counts.filter(pl.col("k") == k).select("cohort", pl.col("active").alias(f"m{k}")))
-        out = out.join(col, on="cohort", how="left")
-        # Months that exist for this cohort but nobody was active in them are 0, not unknown.
-        out = out.with_columns(
-            pl.when(pl.col("cohort") + k < n)
-            .then(pl.col(f"m{k}").fill_null(0) / pl.col("customers"))
-            .otherwise(None).fill_nan(None).alias(f"m{k}"))
-    return out.drop("cohort")
+    size = dict(sizes.iter_rows())
+    cells = {(c, k): v for c, k, v in counts.iter_rows()}
+    rows = []
+    for c, month in enumerate(sql.grid.labels):
+        total = int(size.get(c, 0))
+        row: dict[str, object] = {"month": month, "customers": total}
+        for k in range(n):
+            row[f"m{k}"] = (cells.get((c, k), 0) / total) if total and c + k < n else None
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _ts(value: datetime) -> str:
+    return f"TIMESTAMP '{_naive(value):%Y-%m-%d %H:%M:%S.%f}'"
 
 
 def _customer_definitions(mode: Mode | None, window_days: int) -> dict[str, str]:
@@ -289,11 +313,15 @@ def value_frame(sql: LakeSQL, active_at_end: dict[str, int]) -> tuple[pl.DataFra
     the month's end when the lake has subscriptions)."""
     notes: list[str] = []
     if sql.has(ORDERS.name):
-        frame = sql.frame("""
-            SELECT m.month, coalesce(sum(o.amount), 0) AS revenue, count(o.customer_id) AS orders,
-                   count(DISTINCT o.customer_id) AS buyers
-            FROM months m LEFT JOIN orders o ON o.ordered_at >= m.ms AND o.ordered_at < m.me
-            GROUP BY m.idx, m.month ORDER BY m.idx
+        frame = sql.frame(f"""
+            WITH o AS (
+                SELECT midx(ordered_at) AS idx, sum(amount) AS revenue, count(*) AS orders,
+                       count(DISTINCT customer_id) AS buyers
+                FROM orders WHERE ordered_at >= {_ts(sql.grid.first)} GROUP BY ALL
+            )
+            SELECT m.month, CAST(coalesce(o.revenue, 0) AS DOUBLE) AS revenue, coalesce(o.orders, 0) AS orders,
+                   coalesce(o.buyers, 0) AS buyers
+            FROM months m LEFT JOIN o ON o.idx = m.idx ORDER BY m.idx
         """)
         frame = frame.with_columns((pl.col("revenue") / pl.col("orders")).fill_nan(None).alias("aov"))
     else:
@@ -309,9 +337,13 @@ def value_frame(sql: LakeSQL, active_at_end: dict[str, int]) -> tuple[pl.DataFra
                                    .then(pl.col("revenue_per_active")).otherwise(None).alias("revenue_per_active"))
     if sql.has(SUBSCRIPTIONS.name):
         mrr = sql.frame("""
-            SELECT m.month, coalesce(sum(x.monthly_price), 0) AS mrr_at_end FROM months m
-            LEFT JOIN subscriptions x ON x.started_at < m.me AND (x.ended_at IS NULL OR x.ended_at >= m.me)
-            GROUP BY m.idx, m.month ORDER BY m.idx
+            WITH x AS (
+                SELECT t.pidx - 1 AS idx, sum(x.monthly_price) AS mrr FROM subscriptions x
+                JOIN points t ON x.started_at < t.t AND coalesce(x.ended_at, TIMESTAMP '9999-12-31') >= t.t
+                WHERE t.pidx > 0 GROUP BY ALL
+            )
+            SELECT m.month, CAST(coalesce(x.mrr, 0) AS DOUBLE) AS mrr_at_end FROM months m
+            LEFT JOIN x ON x.idx = m.idx ORDER BY m.idx
         """)
         frame = frame.join(mrr, on="month", how="left")
     return frame, notes
@@ -410,10 +442,13 @@ def funnel_section(sql: LakeSQL) -> tuple[Section, pl.DataFrame | None]:
         (pl.col("converted") / pl.col("meeting")).fill_nan(None).alias("converted_per_meeting"),
     )
     section.tables["by_source"] = by_source.to_dicts()
-    monthly = sql.frame("""
-        SELECT m.month, count(f.lead_id) AS created, count(f.lead_id) FILTER (WHERE f.converted) AS converted
-        FROM months m LEFT JOIN funnel_leads f ON f.created_at >= m.ms AND f.created_at < m.me
-        GROUP BY m.idx, m.month ORDER BY m.idx
+    monthly = sql.frame(f"""
+        WITH f AS (
+            SELECT midx(created_at) AS idx, count(*) AS created, count(*) FILTER (WHERE converted) AS converted
+            FROM funnel_leads WHERE created_at >= {first} GROUP BY ALL
+        )
+        SELECT m.month, coalesce(f.created, 0) AS created, coalesce(f.converted, 0) AS converted
+        FROM months m LEFT JOIN f ON f.idx = m.idx ORDER BY m.idx
     """)
     section.tables["monthly_cohorts"] = monthly.to_dicts()
     section.summary = {"leads": row["created"], "converted": row["converted"], "lost": row["lost"],
@@ -448,9 +483,10 @@ def satisfaction_section(sql: LakeSQL) -> Section:
     sql.con.execute(f"""
         CREATE OR REPLACE TEMP TABLE survey AS
         WITH raw AS (
-            SELECT i.customer_id, i.type, i.value, i.occurred_at, m.idx, m.month
-            FROM interactions i JOIN months m ON i.occurred_at >= m.ms AND i.occurred_at < m.me
-            WHERE i.type IN ('{InteractionType.NPS.value}', '{InteractionType.CSAT.value}') AND i.value IS NOT NULL
+            SELECT customer_id, type, value, occurred_at, midx(occurred_at) AS idx
+            FROM interactions
+            WHERE type IN ('{InteractionType.NPS.value}', '{InteractionType.CSAT.value}') AND value IS NOT NULL
+                AND occurred_at >= {_ts(sql.grid.first)}
         )
         SELECT *, row_number() OVER (PARTITION BY customer_id, type, idx
                                      ORDER BY occurred_at DESC, value DESC) = 1 AS kept
