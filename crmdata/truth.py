@@ -4,6 +4,9 @@ Files::
 
     churn.parquet            cutoff, customer_id, subscription_id, p_churn, churned, <signals>
     lead_conversion.parquet  cutoff, lead_id, p_convert, converted, <signals>
+    customer_value.parquet   cutoff, customer_id, horizon_days, expected_/realized_ spend,
+                             cost_to_serve and margin, expected_/realized_orders,
+                             expected_spend_mc_se (see crmdata.synth.value)
     affinity_customer_factors.npy  (customers × k, float32, rows in customer id order)
     affinity_product_factors.npy   (products × k, float32)
     affinity_product_bias.npy      (products, float32)
@@ -32,6 +35,7 @@ from crmdata.times import as_utc
 
 CHURN_FILE = "churn.parquet"
 LEAD_FILE = "lead_conversion.parquet"
+VALUE_FILE = "customer_value.parquet"
 WORLD_FILE = "world.json"
 CUSTOMER_FACTORS_FILE = "affinity_customer_factors.npy"
 PRODUCT_FACTORS_FILE = "affinity_product_factors.npy"
@@ -45,6 +49,18 @@ P_CHURN = "p_churn"
 CHURNED = "churned"
 P_CONVERT = "p_convert"
 CONVERTED = "converted"
+#: Columns of the customer value truth (one row per value cutoff and customer signed up before it).
+HORIZON_DAYS = "horizon_days"
+EXPECTED_SPEND = "expected_spend"
+REALIZED_SPEND = "realized_spend"
+EXPECTED_COST = "expected_cost_to_serve"
+REALIZED_COST = "realized_cost_to_serve"
+EXPECTED_MARGIN = "expected_margin"
+REALIZED_MARGIN = "realized_margin"
+EXPECTED_ORDERS = "expected_orders"
+REALIZED_ORDERS = "realized_orders"
+#: Monte-Carlo standard error of expected_spend (0 where the expectation is closed-form).
+EXPECTED_SPEND_SE = "expected_spend_mc_se"
 
 
 @dataclass(frozen=True)
@@ -121,9 +137,12 @@ def write_truth(
     product_factors: np.ndarray,
     product_bias: np.ndarray,
     world: dict[str, Any],
+    value: pl.DataFrame | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     churn.write_parquet(directory / CHURN_FILE, compression="zstd")
+    if value is not None:
+        value.write_parquet(directory / VALUE_FILE, compression="zstd")
     lead_conversion.write_parquet(directory / LEAD_FILE, compression="zstd")
     np.save(directory / CUSTOMER_FACTORS_FILE, customer_factors.astype(np.float32))
     np.save(directory / PRODUCT_FACTORS_FILE, product_factors.astype(np.float32))
@@ -185,6 +204,16 @@ def read_truth_table(lake: Path, file: str, columns: list[str] | None = None) ->
     """One truth table of a synthetic world (e.g. ``CHURN_FILE``), or None for other lakes."""
     path = truth_dir(lake) / file
     return pl.read_parquet(path, columns=columns) if path.exists() else None
+
+
+def read_value_truth(lake: Path) -> pl.DataFrame | None:
+    """The customer value truth of a synthetic world (``VALUE_FILE``), or None for other lakes.
+
+    One row per value cutoff and customer signed up before it: the true expected spend,
+    cost to serve and margin over the next ``horizon_days``, and the realized ones
+    (realized spend = the customer's order amounts in (cutoff, cutoff + horizon]).
+    """
+    return read_truth_table(lake, VALUE_FILE)
 
 
 def truth_window_days(lake: Path, kind: str) -> int | None:

@@ -18,12 +18,13 @@ Loops run over weeks only; every step is vectorized over customers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from crmdata.contract import InteractionType
-from crmdata.synth.config import CHURN_WINDOW_DAYS, DAY_S, WEEK_S, Calendar
+from crmdata.synth.config import CHURN_EPOCH_WEEKS, CHURN_WINDOW_DAYS, DAY_S, WEEK_S, Calendar
 from crmdata.synth.customers import Roster
 from crmdata.synth.epochs import NEVER, EpochRate, EpochTruth
 from crmdata.synth.hazards import (
@@ -62,6 +63,8 @@ class CustomerHistory:
     subscription_end_s: np.ndarray  # int64 per customer, NEVER while (or if never) subscribed
     truth: list[EpochTruth]
     rates: list[EpochRate]
+    #: Customer state at each requested cutoff, in week order.
+    states: list[CutoffState] = field(default_factory=list)
 
 
 class _Buckets:
@@ -85,15 +88,104 @@ class _Buckets:
         return np.bincount(np.concatenate(parts), minlength=n)[:n]
 
 
+# --- the process itself: one definition, used by the simulation and by the value truth ----------
+#
+# crmdata.synth.value draws replicate futures of the same customers with these
+# functions (and takes closed-form expectations of the same rates), so the truth
+# is an expectation over exactly the process that wrote the tables.
+
+
+def advance_health(h: np.ndarray, mean: np.ndarray, b: BehaviourParams, rng: np.random.Generator) -> np.ndarray:
+    """One weekly AR(1) step of ``h`` (in place) towards ``mean``, plus shocks; returns the shocked.
+
+    A shock picks a random entry (with replacement), so an entry gets Poisson(shock_rate)
+    shocks a week; ``h[shocked] -= size`` lowers a twice-shocked entry only once.
+    """
+    n = h.size
+    h *= np.float32(b.health_rho)
+    h += np.float32(1.0 - b.health_rho) * mean
+    h += np.float32(b.health_sigma) * rng.standard_normal(n, dtype=np.float32)
+    shocked = rng.integers(0, n, int(rng.poisson(n * b.shock_rate)), dtype=np.int32)
+    h[shocked] -= np.float32(b.shock_size)
+    return shocked
+
+
+def login_rate(level: np.ndarray, h: np.ndarray, factor: np.ndarray, b: BehaviourParams) -> np.ndarray:
+    """Expected logins in the week: exp(level + login_health * h) * state factor."""
+    lam = np.exp(level + np.float32(b.login_health) * h)
+    lam *= factor
+    return lam
+
+
+def order_rate(level: np.ndarray, h: np.ndarray, factor: np.ndarray, b: BehaviourParams) -> np.ndarray:
+    """Expected orders in the week: order_level * exp(order_health * h) * state factor."""
+    lam = np.exp(np.float32(b.order_health) * h)
+    lam *= level
+    lam *= factor
+    return lam
+
+
+def ticket_rate(h: np.ndarray, factor: np.ndarray, b: BehaviourParams) -> np.ndarray:
+    """Support tickets per week before the cap (the cap is ``b.ticket_cap``), shocks aside."""
+    return b.ticket_base * np.exp(b.ticket_health * h) * factor
+
+
+def complaint_rate(h: np.ndarray, factor: np.ndarray, b: BehaviourParams) -> np.ndarray:
+    """Complaints per week before the cap (``b.complaint_cap``), shocks aside."""
+    return b.complaint_base * np.exp(b.complaint_health * h) * factor
+
+
+def nps_scores(h: np.ndarray, b: BehaviourParams, rng: np.random.Generator) -> np.ndarray:
+    """NPS answers (0-10) of customers with health ``h``."""
+    score = np.round(b.nps_mid + b.nps_health * h + b.nps_sd * rng.standard_normal(h.size))
+    return np.clip(score, 0, 10).astype(np.float32)
+
+
+@dataclass
+class CutoffState:
+    """The exact state of the customers signed up before a cutoff, at its start.
+
+    Taken before the cutoff's own churn decision, which is part of the future: its
+    probability ``p_churn`` (of the ``eligible`` subscribers) is known, its draw is not.
+    Customers [0, n) are those signed up before the cutoff (the roster is sorted).
+    The known-past counts are those of the eligible subscribers, which the churn rule
+    at the next epoch reads from weeks before the cutoff.
+    """
+
+    week: int
+    n: int
+    health: np.ndarray  # float32 (n,), the health of the week before the cutoff
+    order_factor: np.ndarray  # float32 (n,)
+    rare_factor: np.ndarray  # float32 (n,)
+    active_sub: np.ndarray  # bool (n,)
+    end_s: np.ndarray  # int64 (n,), NEVER unless a subscription ends or has ended
+    eligible: np.ndarray  # int64 indexes of the subscribers decided at the cutoff
+    p_churn: np.ndarray  # float64, one per eligible
+    past_logins: np.ndarray  # eligible: logins in [cutoff - PAST_LOGIN_WEEKS weeks, cutoff)
+    past_orders: np.ndarray  # eligible: orders in [cutoff - PAST_ORDER_WEEKS weeks, cutoff)
+    last_order_s: np.ndarray  # eligible, int64 (_NO_ORDER when none)
+    last_nps: np.ndarray  # eligible, float32 (NaN when none)
+
+
+#: Weeks before a cutoff that the churn rule at the *next* epoch still reads.
+PAST_LOGIN_WEEKS = LOGIN_RECENT_WEEKS + LOGIN_PREVIOUS_WEEKS - CHURN_EPOCH_WEEKS
+PAST_ORDER_WEEKS = ORDER_WEEKS - CHURN_EPOCH_WEEKS
+NO_ORDER = _NO_ORDER
+
+
 def simulate_customers(
     roster: Roster,
     calendar: Calendar,
     behaviour: BehaviourParams,
     rule: ChurnParams,
     rng: np.random.Generator,
+    state_weeks: Sequence[int] = (),
 ) -> CustomerHistory:
-    """Simulate every customer over the whole history (vectorized over customers)."""
-    return _CustomerSimulation(roster, calendar, behaviour, rule, rng).run()
+    """Simulate every customer over the whole history (vectorized over customers).
+
+    ``state_weeks`` (churn truth cutoffs): record the customers' exact state there.
+    """
+    return _CustomerSimulation(roster, calendar, behaviour, rule, rng, state_weeks).run()
 
 
 @dataclass
@@ -110,7 +202,13 @@ class _CustomerSimulation:
     """The state of every customer, advanced one week at a time."""
 
     def __init__(
-        self, roster: Roster, calendar: Calendar, behaviour: BehaviourParams, rule: ChurnParams, rng: np.random.Generator
+        self,
+        roster: Roster,
+        calendar: Calendar,
+        behaviour: BehaviourParams,
+        rule: ChurnParams,
+        rng: np.random.Generator,
+        state_weeks: Sequence[int] = (),
     ) -> None:
         b = behaviour
         self.roster, self.calendar, self.b, self.rule, self.rng = roster, calendar, behaviour, rule, rng
@@ -143,6 +241,8 @@ class _CustomerSimulation:
         self.order_chunks: list[tuple[np.ndarray, np.ndarray]] = []
         self.truth: list[EpochTruth] = []
         self.rates: list[EpochRate] = []
+        self.state_weeks = set(state_weeks)
+        self.states: list[CutoffState] = []
 
     def run(self) -> CustomerHistory:
         epochs = set(self.calendar.churn_epoch_weeks)
@@ -151,7 +251,10 @@ class _CustomerSimulation:
             start = week * WEEK_S
             n = int(self.active_from[week])
             if week in epochs:
-                self._decide_churn(week, n, record=week in truth_weeks)
+                state = self._state(week) if week in self.state_weeks else None
+                eligible, p_churn = self._decide_churn(week, n, record=week in truth_weeks)
+                if state is not None:
+                    self.states.append(self._with_decision(state, eligible, p_churn, n))
             self._end_subscriptions(start)
             if n == 0:  # nobody has signed up yet: keep the weekly buckets aligned
                 for buckets in (self.logins, self.tickets, self.complaints, self.orders):
@@ -169,6 +272,7 @@ class _CustomerSimulation:
             subscription_end_s=self.end_s,
             truth=self.truth,
             rates=self.rates,
+            states=self.states,
         )
         log.info(
             "customers: %d interactions, %d orders, %d subscriptions ended",
@@ -180,7 +284,38 @@ class _CustomerSimulation:
 
     # --- churn -------------------------------------------------------------------------
 
-    def _decide_churn(self, week: int, n: int, record: bool) -> None:
+    def _state(self, week: int) -> CutoffState:
+        """The state of the customers signed up before ``week`` starts (before its decision)."""
+        m = int(np.searchsorted(self.roster.signup_s, week * WEEK_S, side="left"))
+        empty = np.empty(0, dtype=np.int64)
+        return CutoffState(
+            week=week,
+            n=m,
+            health=self.health[:m].copy(),
+            order_factor=self.order_factor[:m].copy(),
+            rare_factor=self.rare_factor[:m].copy(),
+            active_sub=self.active_sub[:m].copy(),
+            end_s=self.end_s[:m].copy(),
+            eligible=empty,
+            p_churn=np.empty(0),
+            past_logins=empty,
+            past_orders=empty,
+            last_order_s=empty,
+            last_nps=np.empty(0, np.float32),
+        )
+
+    def _with_decision(self, state: CutoffState, eligible: np.ndarray, p_churn: np.ndarray, n: int) -> CutoffState:
+        """Add the cutoff's decision probabilities and what the next decision reads from the past."""
+        week = state.week
+        state.eligible = eligible.astype(np.int64)
+        state.p_churn = p_churn.astype(np.float64)
+        state.past_logins = self.logins.count(week - PAST_LOGIN_WEEKS, week, n)[eligible]
+        state.past_orders = self.orders.count(week - PAST_ORDER_WEEKS, week, n)[eligible]
+        state.last_order_s = self.last_order_s[eligible].copy()
+        state.last_nps = self.last_nps[eligible].copy()
+        return state
+
+    def _decide_churn(self, week: int, n: int, record: bool) -> tuple[np.ndarray, np.ndarray]:
         """Decide every active subscriber at the epoch start, from the signals only."""
         start = week * WEEK_S
         roster = self.roster
@@ -210,6 +345,7 @@ class _CustomerSimulation:
         self.rates.append(EpochRate(week, int(eligible.size), int(churn.sum())))
         if record:
             self.truth.append(EpochTruth(week, eligible, p_churn, churn, signals.columns()))
+        return eligible, p_churn
 
     def _end_subscriptions(self, start: int) -> None:
         """Subscriptions whose end has come by the start of this week stop being active."""
@@ -232,9 +368,7 @@ class _CustomerSimulation:
         h, shocked = self._advance_health(n)
 
         # Logins: dense (most active subscribers log in most weeks).
-        lam = np.exp(self.roster.login_level[:n] + np.float32(b.login_health) * h)
-        lam *= self.login_factor[:n]
-        login = _repeat_index(rng.poisson(lam))
+        login = _repeat_index(rng.poisson(login_rate(self.roster.login_level[:n], h, self.login_factor[:n], b)))
         logins = _Events(login, start + rng.integers(0, WEEK_S, login.size, dtype=np.int64), "login")
 
         tickets, complaints = self._support(h, n, shocked, start)
@@ -243,9 +377,7 @@ class _CustomerSimulation:
         meetings, calls = self._touch_points(n, start)
 
         # Orders: dense Poisson; products are chosen later from the affinities.
-        lam = np.exp(np.float32(b.order_health) * h)
-        lam *= self.order_level[:n]
-        lam *= self.order_factor[:n]
+        lam = order_rate(self.order_level[:n], h, self.order_factor[:n], b)
         order_idx, order_s = _spread_in_week(rng.poisson(lam), start, rng)
 
         self._go_dormant(n)
@@ -264,24 +396,16 @@ class _CustomerSimulation:
 
     def _advance_health(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """AR(1) step towards each customer's mean, plus shocks; returns a view and the shocked."""
-        b, rng = self.b, self.rng
         h = self.health[:n]
-        h *= np.float32(b.health_rho)
-        h += np.float32(1.0 - b.health_rho) * self.roster.health_mean[:n]
-        h += np.float32(b.health_sigma) * rng.standard_normal(n, dtype=np.float32)
-        shocked = rng.integers(0, n, int(rng.poisson(n * b.shock_rate)), dtype=np.int32)
-        h[shocked] -= np.float32(b.shock_size)
-        return h, shocked
+        return h, advance_health(h, self.roster.health_mean[:n], self.b, self.rng)
 
     def _support(self, h: np.ndarray, n: int, shocked: np.ndarray, start: int) -> tuple[_Events, _Events]:
         """Tickets and complaints: rare, so drawn by thinning; shocks add more."""
         b, rng, factor = self.b, self.rng, self.rare_factor
-        ticket = thinned_events(rng, n, b.ticket_cap, lambda i: b.ticket_base * np.exp(b.ticket_health * h[i]) * factor[i])
+        ticket = thinned_events(rng, n, b.ticket_cap, lambda i: ticket_rate(h[i], factor[i], b))
         ticket = np.concatenate([ticket, shocked[rng.random(shocked.size) < b.shock_ticket_prob]])
         tickets = _Events(ticket, start + rng.integers(0, WEEK_S, ticket.size, dtype=np.int64), "support_ticket")
-        complaint = thinned_events(
-            rng, n, b.complaint_cap, lambda i: b.complaint_base * np.exp(b.complaint_health * h[i]) * factor[i]
-        )
+        complaint = thinned_events(rng, n, b.complaint_cap, lambda i: complaint_rate(h[i], factor[i], b))
         complaint = np.concatenate([complaint, shocked[rng.random(shocked.size) < b.shock_complaint_prob]])
         complaints = _Events(complaint, start + rng.integers(0, WEEK_S, complaint.size, dtype=np.int64), "complaint")
         return tickets, complaints
@@ -294,8 +418,7 @@ class _CustomerSimulation:
             thinned_events(rng, n, cap, lambda i: np.where(active[i], b.nps_rate_subscriber, b.nps_rate_other))
         )
         when = start + rng.integers(0, WEEK_S, who.size, dtype=np.int64)
-        score = np.round(b.nps_mid + b.nps_health * h[who] + b.nps_sd * rng.standard_normal(who.size))
-        nps = _Events(who, when, "nps", np.clip(score, 0, 10).astype(np.float32))
+        nps = _Events(who, when, "nps", nps_scores(h[who], b, rng))
         answered = rng.random(tickets.customer.size) < b.csat_prob
         who = tickets.customer[answered]
         when = np.minimum(tickets.seconds[answered] + rng.integers(600, 2 * DAY_S, who.size), end - 1)

@@ -9,6 +9,7 @@ Three kinds of parameters:
   of churn and conversion at a decision epoch, as functions of *observable*
   signals only (see ``crmdata.synth.hazards``). These are the ground truth.
 - **purchases** (``PurchaseParams``): the affinity model behind product choice.
+- **value** (``ValueParams``): the horizon and unit costs of the customer-value truth.
 
 They are plain frozen dataclasses so ``world.json`` can record them verbatim
 and docs/synthetic-world.md can quote them.
@@ -230,12 +231,30 @@ class PurchaseParams:
 
 
 @dataclass(frozen=True)
+class ValueParams:
+    """Customer value truth: the horizon, the margin and the cost to serve (see crmdata.synth.value).
+
+    margin = gross_margin * spend - cost_to_serve, with cost_to_serve = ticket_cost *
+    support tickets + complaint_cost * complaints. The defaults leave a minority of
+    customers (quiet ones who still call support) with a negative expected margin.
+    """
+
+    horizon_days: int = 365
+    gross_margin: float = 0.30
+    ticket_cost: float = 40.0
+    complaint_cost: float = 150.0
+    #: Replicate futures per active subscriber (their later churn decisions are simulated).
+    mc_replicates: int = 4
+
+
+@dataclass(frozen=True)
 class WorldParams:
     behaviour: BehaviourParams = field(default_factory=BehaviourParams)
     churn: ChurnParams = field(default_factory=ChurnParams)
     lead_behaviour: LeadBehaviourParams = field(default_factory=LeadBehaviourParams)
     lead: LeadParams = field(default_factory=LeadParams)
     purchase: PurchaseParams = field(default_factory=PurchaseParams)
+    value: ValueParams = field(default_factory=ValueParams)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -52,6 +52,7 @@ from crmdata.synth.leads import simulate_leads
 from crmdata.synth.params import WorldParams
 from crmdata.synth.purchases import choose_products, quantities_and_amounts
 from crmdata.synth.sampling import rank_auc, stream
+from crmdata.synth.value import value_truth, value_weeks
 from crmdata.truth import CHURNED, CONVERTED, CUTOFF, P_CHURN, P_CONVERT, write_truth
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,14 @@ def generate_world(config: WorldConfig, out_dir: Path, params: WorldParams | Non
         roster = build_roster(config, calendar, leads, params.behaviour, stream(seed, "roster"))
         catalog = build_catalog(config.products, config.factors, params.purchase, stream(seed, "catalog"))
         users = customer_factors(roster, config.factors, params.purchase, stream(seed, "affinity"))
-        history = simulate_customers(roster, calendar, params.behaviour, params.churn, stream(seed, "customers"))
+        history = simulate_customers(
+            roster,
+            calendar,
+            params.behaviour,
+            params.churn,
+            stream(seed, "customers"),
+            state_weeks=value_weeks(calendar, params.value.horizon_days),
+        )
         log.info("simulated in %.1f s", perf_counter() - started)
         customer_ids = tb.make_ids(CUSTOMERS.name, roster.n)
         product_ids = tb.make_ids(PRODUCTS.name, catalog.n)
@@ -180,6 +188,25 @@ def generate_world(config: WorldConfig, out_dir: Path, params: WorldParams | Non
         )
 
         customer_series = tb.id_series(customer_ids)
+        started_value = perf_counter()
+        value_frame, value_summary = value_truth(
+            history.states,
+            roster,
+            users,
+            catalog,
+            history.order_customer,
+            history.order_s,
+            product,
+            amount,
+            history.interaction_customer,
+            history.interaction_s,
+            history.interaction_type,
+            params,
+            calendar,
+            customer_series,
+            stream(seed, "value"),
+        )
+        log.info("value truth: %d rows in %.2f s", value_frame.height, perf_counter() - started_value)
         lead_series = tb.id_series(lead_ids)
         write_small(CUSTOMERS.name, tb.customers_frame(roster, customer_series, calendar, stream(seed, "pii")))
         write_small(PRODUCTS.name, tb.products_frame(catalog, tb.id_series(product_ids)))
@@ -210,7 +237,9 @@ def generate_world(config: WorldConfig, out_dir: Path, params: WorldParams | Non
             product_bias=catalog.bias,
             world=_world_json(
                 config, params, calendar, rows, n_orders, roster.n, history, leads.rates, churn_stats, conversion_stats
-            ),
+            )
+            | {"value": value_summary},
+            value=value_frame,
         )
         # write_tables records only the tables of its own call, and the big tables are
         # streamed outside it: the manifest lists every table of the lake.
