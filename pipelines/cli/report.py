@@ -38,8 +38,13 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report's numbers as JSON.")] = False,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log the report to MLflow.")] = False,
 ) -> None:
-    """One self-contained HTML page of the CRM's KPIs (customers, value, funnel, satisfaction,
-    the score monitor), the same numbers as JSON; served at GET /report."""
+    """The CRM report: KPIs, funnel, value tiers, satisfaction and a monitor of past scores.
+
+    One self-contained HTML page plus the same numbers as JSON (served at GET /report).
+
+    Written to HOME/reports/latest.html and latest.json (and --out), and logged to MLflow
+    (experiment crm-report). docs/report.md defines every figure.
+    """
     import time
 
     from pipelines.report.build import build_report, log_report, write_report
