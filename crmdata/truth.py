@@ -5,8 +5,9 @@ Files::
     churn.parquet            cutoff, customer_id, subscription_id, p_churn, churned, <signals>
     lead_conversion.parquet  cutoff, lead_id, p_convert, converted, <signals>
     customer_value.parquet   cutoff, customer_id, horizon_days, expected_/realized_ spend,
-                             cost_to_serve and margin, expected_/realized_orders,
-                             expected_spend_mc_se (see crmdata.synth.value)
+                             cost_to_serve and margin, expected_/realized_ orders,
+                             tickets and complaints, expected_spend_mc_se
+                             (see crmdata.synth.value)
     affinity_customer_factors.npy  (customers × k, float32, rows in customer id order)
     affinity_product_factors.npy   (products × k, float32)
     affinity_product_bias.npy      (products, float32)
@@ -59,6 +60,11 @@ EXPECTED_MARGIN = "expected_margin"
 REALIZED_MARGIN = "realized_margin"
 EXPECTED_ORDERS = "expected_orders"
 REALIZED_ORDERS = "realized_orders"
+#: Support tickets and complaints in the window (interactions of those types): the cost drivers.
+EXPECTED_TICKETS = "expected_tickets"
+REALIZED_TICKETS = "realized_tickets"
+EXPECTED_COMPLAINTS = "expected_complaints"
+REALIZED_COMPLAINTS = "realized_complaints"
 #: Monte-Carlo standard error of expected_spend (0 where the expectation is closed-form).
 EXPECTED_SPEND_SE = "expected_spend_mc_se"
 

@@ -241,8 +241,8 @@ class ValueParams:
 
     horizon_days: int = 365
     gross_margin: float = 0.30
-    ticket_cost: float = 40.0
-    complaint_cost: float = 150.0
+    ticket_cost: float = 25.0
+    complaint_cost: float = 100.0
     #: Replicate futures per active subscriber (their later churn decisions are simulated).
     mc_replicates: int = 4
 

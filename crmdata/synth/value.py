@@ -80,16 +80,20 @@ from crmdata.synth.params import (
 from crmdata.synth.sampling import thinned_events
 from crmdata.truth import (
     CUTOFF,
+    EXPECTED_COMPLAINTS,
     EXPECTED_COST,
     EXPECTED_MARGIN,
     EXPECTED_ORDERS,
     EXPECTED_SPEND,
     EXPECTED_SPEND_SE,
+    EXPECTED_TICKETS,
     HORIZON_DAYS,
+    REALIZED_COMPLAINTS,
     REALIZED_COST,
     REALIZED_MARGIN,
     REALIZED_ORDERS,
     REALIZED_SPEND,
+    REALIZED_TICKETS,
 )
 
 log = logging.getLogger(__name__)
@@ -751,6 +755,10 @@ def value_truth(
                     REALIZED_MARGIN: v.gross_margin * realized - real_cost,
                     EXPECTED_ORDERS: orders,
                     REALIZED_ORDERS: realized_orders.astype(np.int64),
+                    EXPECTED_TICKETS: tickets,
+                    REALIZED_TICKETS: real_t.astype(np.int64),
+                    EXPECTED_COMPLAINTS: complaints,
+                    REALIZED_COMPLAINTS: real_c.astype(np.int64),
                     EXPECTED_SPEND_SE: spend_se,
                 }
             )
