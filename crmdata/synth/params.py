@@ -244,7 +244,7 @@ class ValueParams:
     ticket_cost: float = 25.0
     complaint_cost: float = 100.0
     #: Replicate futures per active subscriber (their later churn decisions are simulated).
-    mc_replicates: int = 4
+    mc_replicates: int = 2
 
 
 @dataclass(frozen=True)

@@ -176,9 +176,11 @@ class _Moments:
 
     def sums(self, h0: np.ndarray, mean: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """sum_k columns[j, k] * E[exp(beta h_k)] for each row and each column vector j (rows x j)."""
-        mean = mean.astype(np.float64)
-        e = np.exp(np.multiply.outer(self.beta * (h0.astype(np.float64) - mean), self.a))
-        return np.exp(self.beta * mean)[:, None] * (e @ (columns * self.c).T)
+        # float32 inside: each sum has a few dozen positive terms (relative error ~1e-6).
+        x = (np.float32(self.beta) * (h0.astype(np.float32) - mean.astype(np.float32))).astype(np.float32)
+        e = np.exp(np.multiply.outer(x, self.a.astype(np.float32)))
+        sums = (e @ (columns * self.c).T.astype(np.float32)).astype(np.float64)
+        return np.exp(self.beta * mean.astype(np.float64))[:, None] * sums
 
 
 def _closed_form(
@@ -516,11 +518,12 @@ class OrderValues:
     """
 
     #: Non-repeatable products per customer whose depletion ``spend`` follows.
-    TOP_ONCE = 16
+    TOP_ONCE = 32
     #: Steps of the recursion per customer.
-    STEPS = 8
+    STEPS = 3
 
-    def __init__(self, users: np.ndarray, catalog: Catalog, p: PurchaseParams) -> None:
+    def __init__(self, users: np.ndarray, catalog: Catalog, p: PurchaseParams, follow: np.ndarray) -> None:
+        """``follow``: the customers whose later orders ``spend`` will follow (more than one expected)."""
         self.users, self.catalog = users, catalog
         self.amount = product_amounts(catalog, p)
         n = users.shape[0]
@@ -529,42 +532,45 @@ class OrderValues:
         self.top = np.empty(n)
         self.weight = np.empty(n)
         self.value = np.empty(n)
-        self.once_product = np.empty((n, k), dtype=np.int32)
-        self.once_weight = np.empty((n, k))
+        self.once_product = np.zeros((n, k), dtype=np.int32)
+        self.once_weight = np.zeros((n, k), dtype=np.float32)
         for lo in range(0, n, _CHUNK):
-            score = (users[lo : lo + _CHUNK] @ catalog.factors.T + catalog.bias).astype(np.float64)
+            score = users[lo : lo + _CHUNK] @ catalog.factors.T + catalog.bias  # float32, as purchases
             top = score.max(axis=1)
             w = np.exp(score - top[:, None])
             self.top[lo : lo + _CHUNK] = top
-            self.weight[lo : lo + _CHUNK] = w.sum(axis=1)
-            self.value[lo : lo + _CHUNK] = w @ self.amount
+            self.weight[lo : lo + _CHUNK] = w.sum(axis=1, dtype=np.float64)
+            self.value[lo : lo + _CHUNK] = w @ self.amount.astype(np.float32)
+            rows = np.flatnonzero(follow[lo : lo + _CHUNK])
             if k < once.size:
-                likeliest = np.argpartition(-w[:, once], k - 1, axis=1)[:, :k]
+                likeliest = np.argpartition(-score[rows][:, once], k - 1, axis=1)[:, :k]
             else:
-                likeliest = np.tile(np.arange(k), (w.shape[0], 1))
+                likeliest = np.tile(np.arange(k), (rows.size, 1))
             product = once[likeliest]
-            self.once_product[lo : lo + _CHUNK] = product
-            self.once_weight[lo : lo + _CHUNK] = np.take_along_axis(w, product, axis=1)
+            self.once_product[lo + rows] = product
+            self.once_weight[lo + rows] = np.take_along_axis(w[rows], product, axis=1)
 
-    def owned(self, customer: np.ndarray, product: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Weight and weight x amount of each (customer, non-repeatable product) purchase.
+    def owned(self, customer: np.ndarray, product: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Weight, weight x amount and followed slot (-1: none) of each non-repeatable purchase.
 
         The generator never sells a customer the same non-repeatable product twice, so
         each pair comes once and can be subtracted as it is.
         """
+        match = self.once_product[customer] == product[:, None]
+        slot = np.where(match.any(axis=1), match.argmax(axis=1), -1)
         score = (
             np.einsum("nk,nk->n", self.users[customer], self.catalog.factors[product])
             + self.catalog.bias[product]
         )
         w = np.exp(score.astype(np.float64) - self.top[customer])
-        return w, w * self.amount[product]
+        return w, w * self.amount[product], slot
 
     def spend(
-        self, customer: np.ndarray, product: np.ndarray, w: np.ndarray, wa: np.ndarray, orders: np.ndarray
+        self, customer: np.ndarray, w: np.ndarray, wa: np.ndarray, slot: np.ndarray, orders: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """E[amount of the next order] and E[spend of the next ``orders`` orders] of customers [0, n).
 
-        ``customer``, ``product``, ``w``, ``wa``: the pairs owned at the cutoff (see ``owned``).
+        ``customer``, ``w``, ``wa``, ``slot``: the purchases owned at the cutoff (see ``owned``).
         The spend follows the mean-field recursion: after each order, every followed product
         is still allowed with probability pi_j <- pi_j * (1 - w_j / D), D = the expected
         allowed weight; the order's expected amount is (allowed value) / D. Steps of
@@ -578,21 +584,21 @@ class OrderValues:
         rows = np.flatnonzero(orders > 1.0)  # the first order sees the cutoff's set exactly
         if not rows.size or not self.once_weight.shape[1]:
             return first, spend
-        key = np.sort(customer.astype(np.int64) * self.catalog.n + product)
-        mine = rows[:, None].astype(np.int64) * self.catalog.n + self.once_product[rows]
-        at = np.minimum(np.searchsorted(key, mine), max(key.size - 1, 0))
-        still = (key[at] != mine) if key.size else np.ones(mine.shape, dtype=bool)
+        held = np.zeros((n, self.once_product.shape[1]), dtype=bool)
+        followed = slot >= 0
+        held[customer[followed], slot[followed]] = True
+        still = ~held[rows]
         w_once = self.once_weight[rows]
-        a_once = self.amount[self.once_product[rows]]
+        a_once = self.amount.astype(np.float32)[self.once_product[rows]]
         start = w_once * still  # pi_j * w_j, with pi_j = 1 for the products not owned at the cutoff
         allowed = start.copy()
-        d0, v0 = weight[rows], value[rows]
-        step = orders[rows] / self.STEPS
+        d0, v0 = weight[rows].astype(np.float32), value[rows].astype(np.float32)
+        step = (orders[rows] / self.STEPS).astype(np.float32)
         total = np.zeros(rows.size)
         now = first[rows]
         for _ in range(self.STEPS):
             d = d0 - (start - allowed).sum(axis=1)
-            allowed *= np.exp(step[:, None] * np.log1p(-np.minimum(w_once / d[:, None], 1.0 - 1e-9)))
+            allowed *= np.exp(step[:, None] * np.log1p(-np.minimum(w_once / d[:, None], 1.0 - 1e-6)))
             gone = start - allowed
             after = (v0 - (gone * a_once).sum(axis=1)) / (d0 - gone.sum(axis=1))
             total += step * (now + after) / 2.0
@@ -706,9 +712,13 @@ def value_truth(
     ticket_code = INTERACTION_TYPES.index("support_ticket")
     complaint_code = INTERACTION_TYPES.index("complaint")
     once = np.flatnonzero(~catalog.repeatable[product])
-    order_value = OrderValues(users, catalog, params.purchase)
+    expected = cutoff_values(states, roster, b, params.churn, v, rng)
+    follow = np.zeros(roster.n, dtype=bool)
+    for state, (orders, *_) in zip(states, expected, strict=True):
+        follow[: state.n] |= orders > 1.0
+    order_value = OrderValues(users, catalog, params.purchase, follow)
     owned_customer, owned_s, owned_product = order_customer[once], order_s[once], product[once]
-    owned_w, owned_wa = order_value.owned(owned_customer, owned_product)
+    owned_w, owned_wa, owned_slot = order_value.owned(owned_customer, owned_product)
     rare = np.flatnonzero((interaction_type == ticket_code) | (interaction_type == complaint_code))
     rare_customer, rare_s, rare_ticket = (
         interaction_customer[rare],
@@ -717,13 +727,11 @@ def value_truth(
     )
     frames, per_cutoff = [], []
     relative_se, error_sq, mc_var = [], 0.0, 0.0
-    for state, (orders, se, tickets, complaints) in zip(
-        states, cutoff_values(states, roster, b, params.churn, v, rng), strict=True
-    ):
+    for state, (orders, se, tickets, complaints) in zip(states, expected, strict=True):
         n, start = state.n, state.week * WEEK_S
         before = owned_s <= start
         _, spend = order_value.spend(
-            owned_customer[before], owned_product[before], owned_w[before], owned_wa[before], orders
+            owned_customer[before], owned_w[before], owned_wa[before], owned_slot[before], orders
         )
         inside = (order_s > start) & (order_s <= start + horizon_s)
         realized = (
