@@ -263,6 +263,34 @@ def next_product_labels(
     return bought.with_columns(pl.lit(1, pl.Int8).alias(LABEL)).sort(CUTOFF, key, pkey)
 
 
+def value_labels(lake: Path, cutoffs: Sequence[datetime], *, window_days: int) -> pl.DataFrame:
+    """Customer value: one row per customer signed up before the cutoff (``signup_at < cutoff``),
+    ``label`` = the amount of their orders in ``[cutoff, cutoff + W)`` (0.0 without one), a float.
+
+    Amounts are taken as they are: the contract admits no negative amount (returns are netted
+    before import), and an order of amount 0 adds nothing.
+    """
+    key = JOIN_KEYS["customer"]
+    customers = _require(lake, "customers", "customer value").select(key, "signup_at")
+    orders = _require(lake, ORDERS.name, "customer value").select(key, "ordered_at", "amount")
+    grid = _cutoffs(lake, cutoffs, window_days)
+    t, c = pl.col("ordered_at"), pl.col(CUTOFF)
+    population = customers.lazy().join(grid.lazy(), how="cross").filter(pl.col("signup_at") < c).select(key, CUTOFF)
+    spend = (
+        orders.lazy()
+        .join(grid.lazy(), how="cross")
+        .filter((t >= c) & (t < c + pl.duration(days=window_days)))
+        .group_by(key, CUTOFF)
+        .agg(pl.col("amount").sum().cast(pl.Float64).alias(LABEL))
+    )
+    return (
+        population.join(spend, on=[key, CUTOFF], how="left")
+        .with_columns(pl.col(LABEL).fill_null(0.0))
+        .sort(CUTOFF, key)
+        .collect()
+    )
+
+
 #: Label tables you bring, and the outcome column of each (crmdata/contract.py).
 BROUGHT_LABELS: dict[str, str] = {CHURN_LABELS.name: "churned", LEAD_LABELS.name: "converted"}
 
