@@ -26,8 +26,9 @@ How the expectation is taken (docs/synthetic-world.md has the equations):
   signal draws alone. Its standard error is reported.
 - **Order amounts**: an order's product is drawn from the softmax of the customer's
   affinities over the products still allowed; E[amount] per product is exact
-  (quantity, discount and cent rounding). The allowed set is the one at c (see
-  ``APPROXIMATIONS``).
+  (quantity, discount and cent rounding), and so is the next order's expected amount
+  given the products owned at c. Later orders find fewer non-repeatable products
+  allowed (``OrderValues.spend``; see ``APPROXIMATIONS``).
 """
 
 from __future__ import annotations
@@ -102,10 +103,13 @@ log = logging.getLogger(__name__)
 #: What the expectation leaves out, each measured in docs/synthetic-world.md.
 APPROXIMATIONS = (
     (
-        "the allowed product set is frozen at the cutoff: non-repeatable products bought inside the horizon "
-        "are not removed from later orders' choice"
+        "non-repeatable products bought inside the horizon leave later orders' choice by a mean-field "
+        "recursion at the expected order count, over each customer's 32 likeliest such products"
     ),
-    "ticket and complaint caps are ignored for customers who are not active subscribers (exact for subscribers)",
+    (
+        "ticket and complaint caps are ignored except in the replicates (deciding subscribers, weeks before "
+        "their last decision): measured 2.3 % too many complaints and 0.3 % too many tickets elsewhere"
+    ),
     "a churn decision at the horizon's last epoch can only end a subscription at that very second: ignored",
 )
 #: Rows (customers x replicates) simulated at once: bounds memory for large worlds.
@@ -803,8 +807,9 @@ def value_truth(
         "cutoffs": [c["cutoff"] for c in per_cutoff],
         "share_negative_margin": min(negative) if negative else None,
         "mc_standard_error": {
-            # Per simulated subscriber: standard error of its expected spend / that spend.
-            "subscriber_relative_median": float(np.median(rel)) if rel.size else None,
+            # Per simulated subscriber: standard error of its expected spend / that spend
+            # (root mean square: with few replicates each estimate is rough, their mean is not).
+            "subscriber_relative_rms": float(np.sqrt(np.mean(rel**2))) if rel.size else None,
             "subscriber_relative_p90": float(np.quantile(rel, 0.9)) if rel.size else None,
             "total_relative_max": max(
                 (c["total_spend_mc_relative_se"] for c in per_cutoff), default=None
