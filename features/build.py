@@ -1,12 +1,18 @@
 """The feature pipeline: raw lake tables -> point-in-time feature tables.
 
-``build_features`` runs one DuckDB query per entity (``features/sql.py``) over the
-lake at the given snapshot dates (``features/grid.py`` chooses them by default),
+``build_features`` runs one DuckDB query per feature table (``features/sql.py``) over
+the lake at the given snapshot dates (``features/grid.py`` chooses them by default),
 types each result from the catalogue and writes the tables atomically: a rerun
 replaces the directory, never appends. Outputs: ``customer.parquet``,
-``lead.parquet``, ``product.parquet`` and ``_build.json`` (``BuildSummary``: what
-was built, and which features the lake could not support and why). ``add_snapshots``
-adds dates to existing tables without recomputing the snapshots they hold.
+``lead.parquet``, ``product.parquet``, ``customer_value.parquet`` and ``_build.json``
+(``BuildSummary``: what was built, and which features the lake could not support and
+why). ``add_snapshots`` adds dates to existing tables without recomputing the
+snapshots they hold.
+
+The customer-value table is the one step that is not only SQL: its RFM scores are
+ranked within each snapshot (``features.rfm``, polars) and its peer columns come from
+one BG/NBD + Gamma-Gamma fit per snapshot (``features.peer``) on the summary columns
+its query returns.
 """
 
 from __future__ import annotations
@@ -32,8 +38,17 @@ from crmdata.contract import (
 from crmdata.errors import CrmscoreError
 from crmdata.lake import atomic_dir, read_manifest, table_path
 from crmdata.times import as_utc
-from features.catalog import EVENT_TIMESTAMP, FEATURES, JOIN_KEYS, attribute_column, table_file
-from features.sql import SqlContext, customer_sql, lead_sql, product_sql
+from features.catalog import (
+    EVENT_TIMESTAMP,
+    FEATURES,
+    FIXED_SCHEMA_TABLES,
+    JOIN_KEYS,
+    TABLE_ENTITIES,
+    VALUE_TABLE,
+    attribute_column,
+    table_file,
+)
+from features.sql import SqlContext, customer_sql, lead_sql, product_sql, value_sql
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +156,20 @@ def add_snapshots(
     frames, fresh = _compute(lake, new, threads)
     merged: dict[str, pl.DataFrame] = {}
     for entity, frame in frames.items():
-        old = pl.read_parquet(out / table_file(entity))
+        path = out / table_file(entity)
+        if not path.exists():
+            log.info("the %s feature table is new since the last build: rebuilding all %d snapshots",
+                     entity, len(every))
+            return build_features(lake, out, every, threads=threads)
+        old = pl.read_parquet(path)
         if old.schema != frame.schema:
             log.info("%s features changed columns since the last build: rebuilding all %d snapshots",
                      entity, len(every))
             return build_features(lake, out, every, threads=threads)
-        merged[entity] = pl.concat([old, frame]).sort(EVENT_TIMESTAMP, JOIN_KEYS[entity])
+        merged[entity] = pl.concat([old, frame]).sort(EVENT_TIMESTAMP, JOIN_KEYS[TABLE_ENTITIES[entity]])
     entities = {
         name: ent.model_copy(update={"rows": merged[name].height,
-                                     "entities": merged[name][JOIN_KEYS[name]].n_unique()})
+                                     "entities": merged[name][JOIN_KEYS[TABLE_ENTITIES[name]]].n_unique()})
         for name, ent in fresh.entities.items()
     }
     summary = fresh.model_copy(update={"as_of": every, "entities": entities})
@@ -183,6 +203,7 @@ def _compute(
         ("customer", customer_sql),
         ("lead", lead_sql),
         ("product", product_sql),
+        (VALUE_TABLE, value_sql),
     ):
         t0 = time.perf_counter()
         frame, summary = _finish(ctx, entity, compute(ctx))
@@ -231,8 +252,12 @@ def write_feature_table(frame: pl.DataFrame, path: Path) -> None:
 
 
 def _finish(ctx: SqlContext, entity: str, sql: str | None) -> tuple[pl.DataFrame, EntitySummary]:
-    """Run an entity's query and shape the result: catalogue order and types, attributes last."""
-    key = JOIN_KEYS[entity]
+    """Run a feature table's query and shape the result: catalogue order and types,
+    attributes last. ``entity`` names the feature table (``TABLE_ENTITIES``)."""
+    if entity in FIXED_SCHEMA_TABLES:
+        assert sql is not None  # the value query always runs
+        return _finish_value(ctx, entity, sql)
+    key = JOIN_KEYS[TABLE_ENTITIES[entity]]
     specs = FEATURES[entity]
     table = {"customer": CUSTOMERS, "lead": LEADS, "product": PRODUCTS}[entity]
     present_entity_table = ctx.has(table.name)
@@ -276,6 +301,51 @@ def _finish(ctx: SqlContext, entity: str, sql: str | None) -> tuple[pl.DataFrame
         features=[s.name for s in kept] + [attribute_column(a) for a in attributes],
         unavailable=unavailable,
         attributes=[attribute_column(a) for a in attributes],
+        note=note,
+    )
+    return frame, summary
+
+
+def _finish_value(ctx: SqlContext, name: str, sql: str) -> tuple[pl.DataFrame, EntitySummary]:
+    """The customer-value table: every catalogue column, always (its view declares the
+    schema, and the churn service projects the peer columns on every lake), null where
+    the lake lacks what a feature needs; RFM scores and the peer filled in per snapshot."""
+    from features.peer import peer_features
+    from features.rfm import rfm_scores
+
+    key = JOIN_KEYS[TABLE_ENTITIES[name]]
+    specs = FEATURES[name]
+    kept = {s.name for s in specs if ctx.available(s)}
+    unavailable = {
+        s.name: "needs " + ", ".join(t for t in s.requires if not ctx.has(t))
+        for s in specs
+        if s.name not in kept
+    }
+    raw = ctx.con.sql(sql).pl()
+    frame = raw.select(
+        pl.col(key).cast(pl.String),
+        pl.from_epoch(pl.col("as_of"), time_unit="us").dt.replace_time_zone("UTC").alias(EVENT_TIMESTAMP),
+        pl.exclude(key, "as_of"),
+    ).sort(EVENT_TIMESTAMP, key)
+    if ORDERS.name in ctx.present:
+        frame = peer_features(rfm_scores(frame))
+    frame = frame.select(
+        pl.col(key),
+        pl.col(EVENT_TIMESTAMP),
+        *[
+            (pl.col(s.name) if s.name in kept and s.name in frame.columns else pl.lit(None))
+            .cast(_POLARS_KIND[s.kind])
+            .alias(s.name)
+            for s in specs
+        ],
+    )
+    lacking = sorted({t for s in specs if s.name not in kept for t in s.requires if not ctx.has(t)})
+    note = f"{len(unavailable)} columns all null: the lake has no {', '.join(lacking)}" if lacking else None
+    summary = EntitySummary(
+        rows=frame.height,
+        entities=frame[key].n_unique(),
+        features=[s.name for s in specs if s.name in kept],
+        unavailable=unavailable,
         note=note,
     )
     return frame, summary

@@ -72,6 +72,13 @@ EMAIL_WINDOW = 90
 LEAD_ACTIVITY_WINDOWS: tuple[int, ...] = (7, 30)
 PRODUCT_WINDOWS: tuple[int, ...] = (30, 90)
 
+#: Customer value (issue 13): the probabilistic peer's prediction horizon, and the window of
+#: the value view's run-rate and cost-to-serve counts.
+PEER_HORIZON_DAYS = 365
+VALUE_WINDOW = 365
+#: RFM scores are quantile scores 1..RFM_LEVELS within each snapshot (5: quintiles).
+RFM_LEVELS = 5
+
 #: Feature-view TTL: two weekly snapshot periods. Historical retrieval ignores rows
 #: older than this before a cutoff; online reads flag them as stale.
 VIEW_TTL = timedelta(days=14)
@@ -282,11 +289,62 @@ def _product_features() -> list[FeatureSpec]:
     return specs
 
 
+def _value_features() -> list[FeatureSpec]:
+    """The customer-value view (issue 13): RFM, the probabilistic peer and the run-rate.
+
+    Unlike the wide entity views its schema is fixed (no custom attributes) and every
+    column is always present, null where the lake cannot support it (the churn service
+    projects the peer columns, so they must exist on every lake)."""
+    o, i = ORDERS.name, INTERACTIONS.name
+    h, w = PEER_HORIZON_DAYS, VALUE_WINDOW
+    return [
+        FeatureSpec("rfm_recency_days", "customer", "float", "days since the last order (null: none)", (o,)),
+        FeatureSpec("rfm_frequency", "customer", "int", "orders before as_of, lifetime", (o,)),
+        FeatureSpec("rfm_monetary", "customer", "float", "mean order amount, lifetime (null: none)", (o,)),
+        FeatureSpec("rfm_r", "customer", "int", f"recency score 1..{RFM_LEVELS} within the snapshot "
+                    f"({RFM_LEVELS}: most recent; null without orders)", (o,)),
+        FeatureSpec("rfm_f", "customer", "int", f"frequency score 1..{RFM_LEVELS} within the snapshot "
+                    f"({RFM_LEVELS}: most orders)", (o,)),
+        FeatureSpec("rfm_m", "customer", "int", f"monetary score 1..{RFM_LEVELS} within the snapshot "
+                    f"({RFM_LEVELS}: highest mean order amount)", (o,)),
+        FeatureSpec("rfm_segment", "customer", "str", "named RFM segment (features/rfm.py SEGMENTS; "
+                    "null without orders)", (o,)),
+        FeatureSpec("peer_p_alive", "customer", "float", "BG/NBD probability the customer is still "
+                    "active (null: no order, or the snapshot could not be fitted)", (o,)),
+        FeatureSpec("peer_expected_orders", "customer", "float", f"BG/NBD expected purchase days in the "
+                    f"next {h} days", (o,)),
+        FeatureSpec("peer_expected_spend", "customer", "float", f"expected orders x Gamma-Gamma expected "
+                    f"order value over the next {h} days", (o,)),
+        FeatureSpec(f"value_tickets_{w}", "customer", "int", f"support tickets in the last {w} days", (i,)),
+        FeatureSpec(f"value_complaints_{w}", "customer", "int", f"complaints in the last {w} days", (i,)),
+        FeatureSpec(f"value_spend_{w}", "customer", "float", f"order amount in the last {w} days "
+                    "(the run-rate)", (o,)),
+    ]
+
+
+#: The customer-value feature table (and its view's name): see ``_value_features``.
+VALUE_TABLE = "customer_value"
+
+#: Feature table -> its specs. A table is one Feast view; the entity tables hold every
+#: feature the lake supports (and custom attributes), the value table a fixed schema.
 FEATURES: dict[str, list[FeatureSpec]] = {
     "customer": _customer_features(),
     "lead": _lead_features(),
     "product": _product_features(),
+    VALUE_TABLE: _value_features(),
 }
+#: Feature table -> the entity its rows describe.
+TABLE_ENTITIES: dict[str, EntityName] = {
+    "customer": "customer",
+    "lead": "lead",
+    "product": "product",
+    VALUE_TABLE: "customer",
+}
+#: Tables with a fixed schema: every catalogue column always written (null where the lake
+#: lacks what it needs), and the view declares its schema instead of inferring it.
+FIXED_SCHEMA_TABLES: frozenset[str] = frozenset({VALUE_TABLE})
+#: The peer's columns: the churn service takes them too (transactional churn).
+PEER_FEATURES: tuple[str, ...] = ("peer_p_alive", "peer_expected_orders", "peer_expected_spend")
 
 #: Feature service names: each model version asks for its features by one of these
 #: (``features/feature_services.py`` defines the services; ``training/tasks.py`` says which
@@ -294,6 +352,8 @@ FEATURES: dict[str, list[FeatureSpec]] = {
 CHURN_SERVICE = "churn_v1"
 LEAD_SERVICE = "lead_scoring_v1"
 NBP_SERVICE = "next_best_product_v1"
+#: Customer value (clv): the customer activity views plus the value view.
+VALUE_SERVICE = "customer_value"
 
 #: Columns of the feature views that are served but are not model inputs (the specs with
 #: ``model_input=False``): a trainer removes them from its service's feature list.
@@ -301,13 +361,14 @@ NOT_MODEL_INPUTS: frozenset[str] = frozenset(
     s.name for specs in FEATURES.values() for s in specs if not s.model_input
 )
 
-#: Feature view name per entity (one wide view per entity keeps online reads to one lookup).
-VIEW_NAMES: dict[str, str] = {e: f"{e}_features" for e in FEATURES}
+#: Feature view name per feature table: one wide view per entity (one online lookup for
+#: its service), and the customer-value view.
+VIEW_NAMES: dict[str, str] = {t: t if t == VALUE_TABLE else f"{t}_features" for t in FEATURES}
 
 
-def table_file(entity: str) -> str:
-    """File name of an entity's feature table inside the feature-table directory."""
-    return f"{entity}.parquet"
+def table_file(table: str) -> str:
+    """File name of a feature table (an entity's, or ``VALUE_TABLE``) in the feature-table directory."""
+    return f"{table}.parquet"
 
 
 def attribute_column(name: str) -> str:
@@ -325,7 +386,9 @@ class ScoreField:
 
 
 #: The entity each batch-score table is keyed by.
-SCORE_ENTITIES: dict[str, EntityName] = {"churn": "customer", "lead": "lead", "nbp": "customer"}
+SCORE_ENTITIES: dict[str, EntityName] = {
+    "churn": "customer", "lead": "lead", "nbp": "customer", "clv": "customer",
+}
 #: Timestamp column of every score table: the date the population was scored as of.
 SCORE_TIMESTAMP = "as_of"
 #: Feature view (and push source ``<view>_push``) serving each task's latest scores.
@@ -359,11 +422,21 @@ SCORE_FIELDS: dict[str, list[ScoreField]] = {
         ScoreField("cold_start", "bool", "the answer is the popularity fallback"),
         _MODEL_VERSION,
     ],
+    "clv": [
+        ScoreField("clv", "float", "predicted spend over the model's horizon"),
+        ScoreField("clv_low", "float", "lower end of the predicted spend's interval"),
+        ScoreField("clv_high", "float", "upper end of the predicted spend's interval"),
+        ScoreField("expected_margin", "float", "predicted gross margin minus predicted cost to serve"),
+        ScoreField("tier", "str", "customer tier A-D (A: top value share, B: growth, C: the rest, "
+                   "D: negative expected margin)"),
+        ScoreField("rfm_segment", "str", "the customer's RFM segment at scoring time"),
+        _MODEL_VERSION,
+    ],
 }
 
 
 #: The column holding the grade (leads) or band (churn).
-SCORE_GRADE_COLUMN: dict[str, str] = {"churn": "band", "lead": "grade"}
+SCORE_GRADE_COLUMN: dict[str, str] = {"churn": "band", "lead": "grade", "clv": "tier"}
 
 
 def score_dir_name(task: str) -> str:

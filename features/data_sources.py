@@ -19,6 +19,7 @@ try:  # imported as part of the `features` package (crmscore, tests)
         EVENT_TIMESTAMP,
         SCORE_TIMESTAMP,
         SCORE_VIEW_NAMES,
+        VALUE_TABLE,
         score_dir_name,
         table_file,
     )
@@ -28,6 +29,7 @@ except ImportError:  # imported as a top-level module by Feast's CLI (`feast app
         EVENT_TIMESTAMP,
         SCORE_TIMESTAMP,
         SCORE_VIEW_NAMES,
+        VALUE_TABLE,
         score_dir_name,
         table_file,
     )
@@ -47,6 +49,14 @@ lead_source = FileSource(
     path=str(_TABLES / table_file("lead")),
     timestamp_field=EVENT_TIMESTAMP,
     description="Weekly lead snapshots: firmographics and funnel activity.",
+)
+
+customer_value_source = FileSource(
+    name=f"{VALUE_TABLE}_source",
+    path=str(_TABLES / table_file(VALUE_TABLE)),
+    timestamp_field=EVENT_TIMESTAMP,
+    description="Weekly customer-value snapshots: RFM scores and segment, the BG/NBD + Gamma-Gamma "
+    "peer, run-rate and cost-to-serve counts.",
 )
 
 product_source = FileSource(
@@ -87,3 +97,4 @@ def _score_sources(task: str) -> tuple[FileSource, PushSource]:
 churn_scores_source, churn_scores_push = _score_sources("churn")
 lead_scores_source, lead_scores_push = _score_sources("lead")
 nbp_scores_source, nbp_scores_push = _score_sources("nbp")
+clv_scores_source, clv_scores_push = _score_sources("clv")

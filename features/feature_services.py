@@ -9,20 +9,30 @@ features gets a new service (``churn_v2``) so the old one keeps serving.
 from feast import FeatureService
 
 try:  # imported as part of the `features` package (crmscore, tests)
-    from .catalog import CHURN_SERVICE, LEAD_SERVICE, NBP_SERVICE
-    from .feature_views import customer_features, lead_features, product_features
+    from .catalog import CHURN_SERVICE, LEAD_SERVICE, NBP_SERVICE, PEER_FEATURES, VALUE_SERVICE
+    from .feature_views import customer_features, customer_value, lead_features, product_features
 except ImportError:  # imported as a top-level module by Feast's CLI (`feast apply` in features/)
-    from catalog import CHURN_SERVICE, LEAD_SERVICE, NBP_SERVICE  # type: ignore[no-redef]
+    from catalog import (  # type: ignore[no-redef]
+        CHURN_SERVICE,
+        LEAD_SERVICE,
+        NBP_SERVICE,
+        PEER_FEATURES,
+        VALUE_SERVICE,
+    )
     from feature_views import (  # type: ignore[no-redef]
         customer_features,
+        customer_value,
         lead_features,
         product_features,
     )
 
 churn_v1 = FeatureService(
     name=CHURN_SERVICE,
-    features=[customer_features],
-    description="Churn risk: every customer feature, custom attributes included.",
+    # The peer's P(alive) and expectations: a purchase-process view of churn that the
+    # transactional mode above all can use.
+    features=[customer_features, customer_value[list(PEER_FEATURES)]],
+    description="Churn risk: every customer feature, custom attributes included, and the "
+    "probabilistic peer's P(alive), expected orders and spend.",
     tags={"model": "churn", "entities": "customer"},
 )
 
@@ -38,4 +48,12 @@ next_best_product_v1 = FeatureService(
     features=[customer_features, product_features],
     description="Next best product: the customer's features next to each candidate product's.",
     tags={"model": "next_best_product", "entities": "customer,product"},
+)
+
+customer_value_v1 = FeatureService(
+    name=VALUE_SERVICE,
+    features=[customer_features, customer_value],
+    description="Customer value: every customer feature (activity, support, subscription, custom "
+    "attributes) and the customer-value view (RFM, the probabilistic peer, run-rate, cost to serve).",
+    tags={"model": "customer_value", "entities": "customer"},
 )

@@ -15,10 +15,12 @@ from feast import FeatureView, Field
 from feast.types import Array, Bool, Float64, Int64, String
 
 try:  # imported as part of the `features` package (crmscore, tests)
-    from .catalog import SCORE_FIELDS, SCORE_VIEW_NAMES, VIEW_NAMES, VIEW_TTL
+    from .catalog import FEATURES, SCORE_FIELDS, SCORE_VIEW_NAMES, VALUE_TABLE, VIEW_NAMES, VIEW_TTL
     from .data_sources import (
         churn_scores_push,
+        clv_scores_push,
         customer_source,
+        customer_value_source,
         lead_scores_push,
         lead_source,
         nbp_scores_push,
@@ -27,14 +29,18 @@ try:  # imported as part of the `features` package (crmscore, tests)
     from .entities import customer, lead, product
 except ImportError:  # imported as a top-level module by Feast's CLI (`feast apply` in features/)
     from catalog import (  # type: ignore[no-redef]
+        FEATURES,
         SCORE_FIELDS,
         SCORE_VIEW_NAMES,
+        VALUE_TABLE,
         VIEW_NAMES,
         VIEW_TTL,
     )
     from data_sources import (  # type: ignore[no-redef]
         churn_scores_push,
+        clv_scores_push,
         customer_source,
+        customer_value_source,
         lead_scores_push,
         lead_source,
         nbp_scores_push,
@@ -49,6 +55,24 @@ customer_features = FeatureView(
     source=customer_source,
     online=True,
     description="Customer behaviour as of each snapshot date.",
+    tags={"entity": "customer"},
+)
+
+# The customer-value view declares its schema from the catalogue: its table always holds
+# every column (null where the lake cannot support one), and the churn service projects
+# its peer columns, which a projection can only name on a view that lists its features.
+_FEAST_KINDS = {"int": Int64, "float": Float64, "str": String}
+
+customer_value = FeatureView(
+    name=VIEW_NAMES[VALUE_TABLE],
+    entities=[customer],
+    ttl=VIEW_TTL,
+    schema=[Field(name=s.name, dtype=_FEAST_KINDS[s.kind], description=s.description)
+            for s in FEATURES[VALUE_TABLE]],
+    source=customer_value_source,
+    online=True,
+    description="Customer value as of each snapshot date: RFM scores and segment, the "
+    "probabilistic peer (BG/NBD + Gamma-Gamma), run-rate and cost-to-serve counts.",
     tags={"entity": "customer"},
 )
 
@@ -122,5 +146,16 @@ nbp_scores = FeatureView(
     source=nbp_scores_push,
     online=True,
     description="The latest batch next-best-product list per customer, with reasons.",
+    tags={"entity": "customer", "kind": "scores"},
+)
+
+clv_scores = FeatureView(
+    name=SCORE_VIEW_NAMES["clv"],
+    entities=[customer],
+    ttl=VIEW_TTL,
+    schema=_score_schema("clv"),
+    source=clv_scores_push,
+    online=True,
+    description="The latest batch customer value per customer: CLV and interval, margin, tier, segment.",
     tags={"entity": "customer", "kind": "scores"},
 )

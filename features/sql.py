@@ -50,6 +50,7 @@ from features.catalog import (
     SUPPORT_WINDOWS,
     TREND_PREVIOUS,
     TREND_RECENT,
+    VALUE_WINDOW,
     FeatureSpec,
     LeadStatus,
     attribute_column,
@@ -440,5 +441,119 @@ def product_sql(ctx: SqlContext) -> str:
     joins = [
         f"LEFT JOIN pop ON b.{key} = pop.{key} AND b.as_of = pop.as_of",
         f"LEFT JOIN rep ON b.{key} = rep.{key} AND b.as_of = rep.as_of",
+    ]
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(cols)} FROM base b {' '.join(joins)}"
+
+
+#: Helper columns of ``value_sql``: the peer's summary statistics (``features.peer``),
+#: consumed by the build and not written to the value table.
+PEER_SUMMARY = ("peer_frequency", "peer_recency", "peer_T", "peer_monetary")
+
+
+def value_sql(ctx: SqlContext) -> str:
+    """Customer-value snapshots: one row per customer signed up before ``as_of`` (the rows
+    of ``customer_sql``, so a service joining both views finds every customer in both).
+
+    Columns: the raw RFM values (scored later by ``features.rfm``), the run-rate and the
+    cost-to-serve counts over ``VALUE_WINDOW`` days, and the peer's summary statistics
+    (``PEER_SUMMARY``) in days, as ``pymc_marketing.clv.utils.rfm_summary`` defines them
+    for the orders strictly before ``as_of``: orders are grouped by UTC day;
+    ``peer_frequency`` = purchase days after the first, ``peer_recency`` = last purchase
+    day - first, ``peer_T`` = the last day before ``as_of`` - first, ``peer_monetary`` =
+    mean amount of the repeat purchase days. Orders with an amount <= 0 (or none) are not
+    purchases for the peer: they count neither as a purchase day nor in its amount.
+
+    The lifetime sums use the snapshot buckets of ``customer_sql``: each order goes to the
+    first snapshot after it; per (customer, bucket) sums accumulate over the snapshots.
+    The first purchase day is the same at every snapshot that sees any order, so "repeat
+    day" is decided once per customer.
+    """
+    o, i = ORDERS.name, INTERACTIONS.name
+    key = JOIN_KEYS["customer"]
+    w = VALUE_WINDOW
+    day = f"floor(t / {DAY_US})::BIGINT"
+    ctes = [
+        f"""grid AS (SELECT c.{key}, s.as_of FROM {CUSTOMERS.name} c CROSS JOIN snap s)""",
+        f"""ord AS (SELECT {key}, epoch_us(ordered_at) AS t, amount FROM {o})""",
+        f"""ord_b AS (
+            SELECT o.{key}, s.as_of, count(*) AS n, sum(o.amount) AS amount, max(o.t) AS last_t
+            FROM ord o ASOF JOIN snap s ON o.t < s.as_of GROUP BY ALL)""",
+        f"""spend AS (
+            SELECT o.{key}, s.as_of, sum(o.amount) AS spend
+            FROM ord o JOIN snap s ON o.t < s.as_of AND {_window('o.t', w)} GROUP BY ALL)""",
+        # Purchases for the peer: positive amounts, by UTC day, each in its snapshot bucket.
+        f"""buy AS (
+            SELECT b.{key}, s.as_of AS bucket, b.day, b.amount, b.day > f.first_day AS repeat
+            FROM (SELECT {key}, t, {day} AS day, amount FROM ord WHERE amount > 0) b
+            JOIN (SELECT {key}, min({day}) AS first_day FROM ord WHERE amount > 0 GROUP BY 1) f
+              USING ({key})
+            ASOF JOIN snap s ON b.t < s.as_of)""",
+        # A purchase day counts from the bucket of its first order (a snapshot may fall
+        # inside a day: its later orders add to the amount, not to the days).
+        f"""buy_days AS (
+            SELECT {key}, min(bucket) AS bucket, day, bool_or(repeat) AS repeat
+            FROM buy GROUP BY {key}, day)""",
+        f"""buy_b AS (
+            SELECT {key}, bucket AS as_of,
+                   sum(amount) FILTER (WHERE repeat) AS repeat_amount,
+                   min(day) AS first_day, max(day) AS last_day
+            FROM buy GROUP BY ALL)""",
+        f"""days_b AS (
+            SELECT {key}, bucket AS as_of, count(*) FILTER (WHERE repeat) AS repeat_days
+            FROM buy_days GROUP BY ALL)""",
+    ]
+    cum_cols = [
+        "sum(ob.n) OVER w AS orders_total",
+        "sum(ob.amount) OVER w AS revenue_total",
+        "max(ob.last_t) OVER w AS last_order",
+        "sum(db.repeat_days) OVER w AS repeat_days",
+        "sum(bb.repeat_amount) OVER w AS repeat_amount",
+        "min(bb.first_day) OVER w AS first_day",
+        "max(bb.last_day) OVER w AS last_day",
+    ]
+    joins = [
+        f"JOIN cum cu ON b.{key} = cu.{key} AND b.as_of = cu.as_of",
+        f"LEFT JOIN spend sp ON b.{key} = sp.{key} AND b.as_of = sp.as_of",
+    ]
+    last_day = f"floor((b.as_of - 1) / {DAY_US})::BIGINT"
+    cols = [
+        f"b.{key}",
+        "b.as_of",
+        f"{_days_since('cu.last_order')} AS rfm_recency_days",
+        "coalesce(cu.orders_total, 0) AS rfm_frequency",
+        "cu.revenue_total / nullif(cu.orders_total, 0) AS rfm_monetary",
+        f"coalesce(sp.spend, 0) AS value_spend_{w}",
+        "CASE WHEN cu.first_day IS NULL THEN NULL ELSE coalesce(cu.repeat_days, 0) END AS peer_frequency",
+        "(cu.last_day - cu.first_day)::DOUBLE AS peer_recency",
+        f"({last_day} - cu.first_day)::DOUBLE AS peer_T",
+        "cu.repeat_amount / nullif(cu.repeat_days, 0) AS peer_monetary",
+    ]
+    if ctx.has(i):
+        it = InteractionType
+        ctes.append(
+            f"""care AS (
+                SELECT e.{key}, s.as_of,
+                       {_typed(it.SUPPORT_TICKET, 'e.t', w)} AS tickets,
+                       {_typed(it.COMPLAINT, 'e.t', w)} AS complaints
+                FROM (SELECT {key}, epoch_us(occurred_at) AS t, type FROM {i}
+                      WHERE type IN ('{it.SUPPORT_TICKET}', '{it.COMPLAINT}')) e
+                JOIN snap s ON e.t < s.as_of AND {_window('e.t', w)} GROUP BY ALL)"""
+        )
+        joins.append(f"LEFT JOIN care ca ON b.{key} = ca.{key} AND b.as_of = ca.as_of")
+        cols += [
+            f"coalesce(ca.tickets, 0) AS value_tickets_{w}",
+            f"coalesce(ca.complaints, 0) AS value_complaints_{w}",
+        ]
+    ctes += [
+        f"""cum AS (
+            SELECT g.{key}, g.as_of, {", ".join(cum_cols)}
+            FROM grid g
+            LEFT JOIN ord_b ob ON g.{key} = ob.{key} AND g.as_of = ob.as_of
+            LEFT JOIN buy_b bb ON g.{key} = bb.{key} AND g.as_of = bb.as_of
+            LEFT JOIN days_b db ON g.{key} = db.{key} AND g.as_of = db.as_of
+            WINDOW w AS (PARTITION BY g.{key} ORDER BY g.as_of
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))""",
+        f"""base AS (
+            SELECT c.{key}, s.as_of FROM {CUSTOMERS.name} c JOIN snap s ON epoch_us(c.signup_at) < s.as_of)""",
     ]
     return f"WITH {', '.join(ctes)} SELECT {', '.join(cols)} FROM base b {' '.join(joins)}"
