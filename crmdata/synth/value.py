@@ -113,9 +113,9 @@ APPROXIMATIONS = (
     "a churn decision at the horizon's last epoch can only end a subscription at that very second: ignored",
 )
 #: Rows (customers x replicates) simulated at once: bounds memory for large worlds.
-_MC_ROWS = 1 << 20
+_MC_ROWS = 1 << 16
 #: Customers per chunk in the closed form and the order values.
-_CHUNK = 1 << 15
+_CHUNK = 1 << 13
 
 
 def value_weeks(calendar: Calendar, horizon_days: int) -> list[int]:
