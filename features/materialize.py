@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -31,8 +32,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from features.build import read_build_summary
-from features.catalog import EVENT_TIMESTAMP, VIEW_NAMES, VIEW_TTL, table_file
+from features.catalog import EVENT_TIMESTAMP, FEATURES, VIEW_NAMES, VIEW_TTL, table_file
 from features.codec import SCALAR_VALUE_TYPES, EncodedRows, encode_rows
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -84,7 +87,14 @@ def materialize_latest(
     summary = read_build_summary(feature_tables)
     newest = max(summary.as_of)
     # Only the feature views: the score views are fed by `crmscore push-scores`.
+    tables = {VIEW_NAMES[t]: feature_tables / table_file(t) for t in FEATURES}
     views = list(VIEW_NAMES.values()) if views is None else views
+    missing = [v for v in views if v in tables and not tables[v].exists()]
+    if missing:
+        # Tables built before a view existed (e.g. customer_value): the rest still loads.
+        log.warning("no feature table for %s: not materialized (rebuild with `crmscore features build`)",
+                    ", ".join(missing))
+        views = [v for v in views if v not in missing]
     start_date, end_date = newest - VIEW_TTL, newest + timedelta(seconds=1)
     started = time.perf_counter()
     # Feast prints progress bars to stdout; the summary below says what happened.
@@ -96,8 +106,7 @@ def materialize_latest(
     for view in store.list_feature_views():
         if view.name not in views:
             continue
-        entity = next(e for e, name in VIEW_NAMES.items() if name == view.name)
-        path = feature_tables / table_file(entity)
+        path = tables[view.name]
         rows[view.name] = (
             pl.scan_parquet(path)
             .filter(pl.col(EVENT_TIMESTAMP) == newest)
