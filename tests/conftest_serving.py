@@ -189,16 +189,21 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A throw-away ``redis-server`` on a free port of 127.0.0.1: no snapshot, no AOF, so a
-    restart comes back empty. Faults go to this process only (never the shared :6379)."""
+    """A throw-away ``redis-server`` on a free port of 127.0.0.1. Faults go to this process
+    only (never the shared :6379). No AOF and no periodic snapshot: a restart comes back
+    empty, unless it was given a ``directory`` and stopped with ``stop(save=True)``, which
+    writes ``dump.rdb`` there for the restart to load."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
         self.port = port or free_port()
+        self.directory = directory
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        persist = ["--dir", str(self.directory), "--dbfilename", "dump.rdb"] if self.directory else []
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *persist,
+             "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
@@ -218,6 +223,14 @@ class PrivateRedis:
     def resume(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self, save: bool = True) -> None:
+        """Stop the server; with ``save`` (and a ``directory``) its data come back on ``start``."""
+        if save and self.proc is not None and self.directory is not None:
+            import redis
+
+            redis.Redis(port=self.port).save()
+        self.kill()
 
     def kill(self) -> None:
         if self.proc is None:

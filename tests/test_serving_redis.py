@@ -9,58 +9,16 @@ tested in test_features_redis.py; the online reads are what matter here).
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest_serving import ServingWorld
+from tests.conftest_serving import PrivateRedis, ServingWorld
 
 pytest_plugins = ["tests.conftest_serving"]
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
-        self.directory = directory
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.5).ping():
-                    return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self, save: bool = True) -> None:
-        import redis
-
-        if self.proc is None:
-            return
-        if save:
-            redis.Redis(port=self.port).save()  # the restart loads dump.rdb: the data come back with it
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
 
 
 @pytest.fixture()
@@ -68,7 +26,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     pytest.importorskip("redis")
-    server = PrivateRedis(tmp_path)
+    server = PrivateRedis(directory=tmp_path)
     server.start()
     yield server
     server.stop(save=False)
