@@ -314,3 +314,14 @@ def test_same_seed_gives_the_same_value_truth(tmp_path: Path) -> None:
     first, second = read_value_truth(tmp_path / "a"), read_value_truth(tmp_path / "b")
     assert first is not None and second is not None and first.height > 0
     assert first.equals(second)
+
+
+def test_a_horizon_longer_than_the_history_leaves_an_empty_table(tmp_path: Path) -> None:
+    config = WorldConfig(customers=300, leads=100, products=20, seed=4, weeks=110)
+    out = tmp_path / "lake"
+    generate_world(config, out, WorldParams(value=replace(ValueParams(), horizon_days=800)))
+    frame = read_value_truth(out)
+    assert frame is not None and frame.height == 0
+    assert {name: frame.schema[name] for name in CONTRACT} == CONTRACT
+    summary = load_truth(out).world["value"]
+    assert summary["cutoffs"] == [] and summary["share_negative_margin"] is None

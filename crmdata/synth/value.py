@@ -112,6 +112,25 @@ APPROXIMATIONS = (
     ),
     "a churn decision at the horizon's last epoch can only end a subscription at that very second: ignored",
 )
+#: Columns of the value truth (and of its empty table when no cutoff fits the history).
+_SCHEMA = {
+    CUTOFF: pl.Datetime("us", "UTC"),
+    "customer_id": pl.String,
+    HORIZON_DAYS: pl.Int64,
+    EXPECTED_SPEND: pl.Float64,
+    REALIZED_SPEND: pl.Float64,
+    EXPECTED_COST: pl.Float64,
+    REALIZED_COST: pl.Float64,
+    EXPECTED_MARGIN: pl.Float64,
+    REALIZED_MARGIN: pl.Float64,
+    EXPECTED_ORDERS: pl.Float64,
+    REALIZED_ORDERS: pl.Int64,
+    EXPECTED_TICKETS: pl.Float64,
+    REALIZED_TICKETS: pl.Int64,
+    EXPECTED_COMPLAINTS: pl.Float64,
+    REALIZED_COMPLAINTS: pl.Int64,
+    EXPECTED_SPEND_SE: pl.Float64,
+}
 #: Rows (customers x replicates) simulated at once: bounds memory for large worlds.
 _MC_ROWS = 1 << 16
 #: Customers per chunk in the closed form and the order values.
@@ -794,7 +813,7 @@ def value_truth(
             }
         )
     rel = np.concatenate(relative_se) if relative_se else np.empty(0)
-    frame = pl.concat(frames) if frames else pl.DataFrame()
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=_SCHEMA)
     negative = [
         c["share_negative_margin"] for c in per_cutoff if c["share_negative_margin"] is not None
     ]
