@@ -194,7 +194,7 @@ def test_score_clv_twice_writes_scores_and_the_migration(serving_world: Any, tmp
     assert one.migration["counts"]["new"] == one.rows - one.no_features
     two = score_value(ws, second, options, model=model)
 
-    scores = pl.read_parquet(partition_dir(ws.scores, VALUE.key, second)).sort("customer_id")
+    scores = pl.read_parquet(partition_dir(ws.scores, VALUE.key, second) / "*.parquet").sort("customer_id")
     assert scores.height == len(features) == two.rows
     want = model.predict(features)
     assert scores["clv"].to_list() == pytest.approx(want["clv"].tolist(), rel=1e-12)
@@ -203,7 +203,7 @@ def test_score_clv_twice_writes_scores_and_the_migration(serving_world: Any, tmp
     assert read_manifest(partition_dir(ws.scores, VALUE.key, second)).distribution.grades == {
         t: int((want["tier"] == t).sum()) for t in "ABCD"}
 
-    before = dict(pl.read_parquet(partition_dir(ws.scores, VALUE.key, first)).select("customer_id", "tier").rows())
+    before = dict(pl.read_parquet(partition_dir(ws.scores, VALUE.key, first) / "*.parquet").select("customer_id", "tier").rows())
     after = dict(scores.select("customer_id", "tier").rows())
     rank = {t: i for i, t in enumerate("ABCD")}
     expected = []
@@ -214,7 +214,7 @@ def test_score_clv_twice_writes_scores_and_the_migration(serving_world: Any, tmp
         move = ("new" if b is None else "lost" if a is None else "upgraded" if rank[a] < rank[b]
                 else "downgraded" if rank[a] > rank[b] else "same")
         expected.append((cid, b, a, move))
-    migration = pl.read_parquet(partition_dir(ws.scores, MIGRATION_TABLE, second))
+    migration = pl.read_parquet(partition_dir(ws.scores, MIGRATION_TABLE, second) / "*.parquet")
     assert migration.select("customer_id", "tier_before", "tier_after", "movement").rows() == expected
     assert migration["previous_as_of"].unique().to_list() == [first]
     counts = {m: sum(1 for e in expected if e[3] == m) for m in ("upgraded", "downgraded", "same", "new", "lost")}
@@ -223,4 +223,4 @@ def test_score_clv_twice_writes_scores_and_the_migration(serving_world: Any, tmp
 
     again = score_value(ws, second, options, model=model)  # a rerun compares with the same previous run
     assert again.migration == two.migration
-    assert pl.read_parquet(partition_dir(ws.scores, MIGRATION_TABLE, second)).equals(migration)
+    assert pl.read_parquet(partition_dir(ws.scores, MIGRATION_TABLE, second) / "*.parquet").equals(migration)
