@@ -460,8 +460,9 @@ def value_sql(ctx: SqlContext) -> str:
     for the orders strictly before ``as_of``: orders are grouped by UTC day;
     ``peer_frequency`` = purchase days after the first, ``peer_recency`` = last purchase
     day - first, ``peer_T`` = the last day before ``as_of`` - first, ``peer_monetary`` =
-    mean amount of the repeat purchase days. Orders with an amount <= 0 (or none) are not
-    purchases for the peer: they count neither as a purchase day nor in its amount.
+    mean amount of the repeat purchase days. Amounts <= 0 (a free item, a credit) are left
+    out of the amount: a repeat day with no positive amount counts as a purchase (BG/NBD)
+    but not in the mean (Gamma-Gamma needs positive amounts).
 
     The lifetime sums use the snapshot buckets of ``customer_sql``: each order goes to the
     first snapshot after it; per (customer, bucket) sums accumulate over the snapshots.
@@ -481,32 +482,36 @@ def value_sql(ctx: SqlContext) -> str:
         f"""spend AS (
             SELECT o.{key}, s.as_of, sum(o.amount) AS spend
             FROM ord o JOIN snap s ON o.t < s.as_of AND {_window('o.t', w)} GROUP BY ALL)""",
-        # Purchases for the peer: positive amounts, by UTC day, each in its snapshot bucket.
+        # Purchases for the peer, by UTC day, each order in its snapshot bucket.
         f"""buy AS (
             SELECT b.{key}, s.as_of AS bucket, b.day, b.amount, b.day > f.first_day AS repeat
-            FROM (SELECT {key}, t, {day} AS day, amount FROM ord WHERE amount > 0) b
-            JOIN (SELECT {key}, min({day}) AS first_day FROM ord WHERE amount > 0 GROUP BY 1) f
-              USING ({key})
+            FROM (SELECT {key}, t, {day} AS day, amount FROM ord) b
+            JOIN (SELECT {key}, min({day}) AS first_day FROM ord GROUP BY 1) f USING ({key})
             ASOF JOIN snap s ON b.t < s.as_of)""",
-        # A purchase day counts from the bucket of its first order (a snapshot may fall
-        # inside a day: its later orders add to the amount, not to the days).
+        # A purchase day counts from the bucket of its first order, and for the mean amount
+        # from the bucket of its first positive one (a snapshot may fall inside a day).
         f"""buy_days AS (
-            SELECT {key}, min(bucket) AS bucket, day, bool_or(repeat) AS repeat
+            SELECT {key}, day, bool_or(repeat) AS repeat, min(bucket) AS bucket,
+                   min(bucket) FILTER (WHERE amount > 0) AS paid_bucket
             FROM buy GROUP BY {key}, day)""",
         f"""buy_b AS (
             SELECT {key}, bucket AS as_of,
-                   sum(amount) FILTER (WHERE repeat) AS repeat_amount,
+                   sum(amount) FILTER (WHERE repeat AND amount > 0) AS repeat_amount,
                    min(day) AS first_day, max(day) AS last_day
             FROM buy GROUP BY ALL)""",
         f"""days_b AS (
             SELECT {key}, bucket AS as_of, count(*) FILTER (WHERE repeat) AS repeat_days
             FROM buy_days GROUP BY ALL)""",
+        f"""paid_b AS (
+            SELECT {key}, paid_bucket AS as_of, count(*) FILTER (WHERE repeat) AS paid_days
+            FROM buy_days WHERE paid_bucket IS NOT NULL GROUP BY ALL)""",
     ]
     cum_cols = [
         "sum(ob.n) OVER w AS orders_total",
         "sum(ob.amount) OVER w AS revenue_total",
         "max(ob.last_t) OVER w AS last_order",
         "sum(db.repeat_days) OVER w AS repeat_days",
+        "sum(pd.paid_days) OVER w AS paid_days",
         "sum(bb.repeat_amount) OVER w AS repeat_amount",
         "min(bb.first_day) OVER w AS first_day",
         "max(bb.last_day) OVER w AS last_day",
@@ -526,7 +531,7 @@ def value_sql(ctx: SqlContext) -> str:
         "CASE WHEN cu.first_day IS NULL THEN NULL ELSE coalesce(cu.repeat_days, 0) END AS peer_frequency",
         "(cu.last_day - cu.first_day)::DOUBLE AS peer_recency",
         f"({last_day} - cu.first_day)::DOUBLE AS peer_T",
-        "cu.repeat_amount / nullif(cu.repeat_days, 0) AS peer_monetary",
+        "cu.repeat_amount / nullif(cu.paid_days, 0) AS peer_monetary",
     ]
     if ctx.has(i):
         it = InteractionType
@@ -551,6 +556,7 @@ def value_sql(ctx: SqlContext) -> str:
             LEFT JOIN ord_b ob ON g.{key} = ob.{key} AND g.as_of = ob.as_of
             LEFT JOIN buy_b bb ON g.{key} = bb.{key} AND g.as_of = bb.as_of
             LEFT JOIN days_b db ON g.{key} = db.{key} AND g.as_of = db.as_of
+            LEFT JOIN paid_b pd ON g.{key} = pd.{key} AND g.as_of = pd.as_of
             WINDOW w AS (PARTITION BY g.{key} ORDER BY g.as_of
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))""",
         f"""base AS (
