@@ -14,12 +14,19 @@ import pytest
 
 from crmdata.lake import read_table
 from crmdata.synth import WorldConfig, WorldParams, generate_world, load_truth
-from crmdata.synth.activity import advance_health
+from crmdata.synth.activity import advance_health, complaint_rate
 from crmdata.synth.catalog import build_catalog
 from crmdata.synth.config import Calendar
 from crmdata.synth.params import BehaviourParams, PurchaseParams, ValueParams
 from crmdata.synth.purchases import quantities_and_amounts
-from crmdata.synth.value import _Horizon, _Moments, product_amounts, value_weeks
+from crmdata.synth.value import (
+    _CapExcess,
+    _Horizon,
+    _Moments,
+    normal_cdf,
+    product_amounts,
+    value_weeks,
+)
 from crmdata.truth import (
     EXPECTED_COST,
     EXPECTED_MARGIN,
@@ -144,7 +151,9 @@ def test_realized_spend_is_the_order_amounts_in_the_window_to_the_cent(
     # The window's other orders are those of customers who signed up after the cutoff.
     customers = read_table(lake, "customers")
     assert customers is not None
-    others = spent.join(value, on=["cutoff", "customer_id"], how="anti").join(customers, on="customer_id")
+    others = spent.join(value, on=["cutoff", "customer_id"], how="anti").join(
+        customers, on="customer_id"
+    )
     assert others.height > 0 and (others["signup_at"] >= others["cutoff"]).all()
 
 
@@ -242,6 +251,41 @@ def test_health_moments_match_simulated_health_paths() -> None:
         )
         z = (draws[beta] - exact) / errors[beta]
         assert np.abs(z).max() < 4.5, f"beta {beta}: worst z {np.abs(z).max():.1f}"
+
+
+def test_cap_excess_matches_simulated_health_paths() -> None:
+    """What the complaint cap takes off, tabulated, against 100k paths of the simulator's health step."""
+    b = BehaviourParams()
+    hz = _Horizon(365, b)
+    cap = _CapExcess(b.complaint_health, b.complaint_cap, hz, b)
+    h0 = np.array([-1.5, 0.0], dtype=np.float32)
+    mean = np.array([-0.8, 0.3], dtype=np.float32)
+    paths = 100_000
+    h, mu = np.repeat(h0, paths), np.repeat(mean, paths)
+    ones = np.ones(h.size, dtype=np.float32)
+    rng = np.random.default_rng(3)
+    excess = np.zeros(h.size)
+    for k in range(hz.weeks):
+        advance_health(h, mu, b, rng)
+        excess += hz.weight[k] * np.maximum(complaint_rate(h, ones, b) - b.complaint_cap, 0.0)
+    excess = excess.reshape(2, paths)
+    m = np.multiply.outer(h0.astype(np.float64), cap.a) + np.multiply.outer(
+        mean.astype(np.float64), 1 - cap.a
+    )
+    table = cap.sums(
+        cap.position(m), np.full(2, np.log(b.complaint_base)), (hz.weight @ cap.linear)[None, :]
+    )
+    se = excess.std(axis=1) / np.sqrt(paths)
+    assert np.all(np.abs(excess.mean(axis=1) - table) < 4 * se + 0.02 * table)
+    assert table[0] > 10 * table[1] > 0  # the cap bites the unhealthy customer
+
+
+def test_normal_cdf_is_accurate_in_the_tails() -> None:
+    import math
+
+    x = np.linspace(-9.0, 9.0, 2001)
+    exact = np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x])
+    assert np.max(np.abs(normal_cdf(x) / exact - 1.0)) < 2e-7
 
 
 def test_product_amounts_are_the_generators_mean_order_line() -> None:
