@@ -140,7 +140,7 @@ VALUE = Task(
 )
 
 #: Every task, in the order the pipeline trains and scores them.
-TASKS: dict[str, Task] = {t.key: t for t in (CHURN, LEAD, NBP)}
+TASKS: dict[str, Task] = {t.key: t for t in (CHURN, LEAD, NBP, VALUE)}
 
 
 def get_task(key: str) -> Task:

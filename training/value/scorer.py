@@ -80,13 +80,14 @@ class ValueModel:
             mean = self._raw("clv", x)
         else:
             mean = self._raw("buy", x) * self._raw("spend", x)
-        return self.spec.scale * mean
+        return self.spec.scale * self.spec.horizon_factor * mean
 
     def interval(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The conformalized quantile interval (spend is never negative, so neither is its low end)."""
-        low = np.maximum(self._raw("low", x) - self.spec.conformal, 0.0)
-        high = np.maximum(self._raw("high", x) + self.spec.conformal, low)
-        return low, high
+        factor = self.spec.horizon_factor
+        low = np.maximum(self._raw("low", x) - self.spec.conformal, 0.0) * factor
+        high = np.maximum(self._raw("high", x) + self.spec.conformal, 0.0) * factor
+        return low, np.maximum(high, low)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """clv, clv_low, clv_high, expected_margin and tier for each row of a feature frame (same index).
@@ -112,6 +113,7 @@ class ValueModel:
         each feature's share of log σ(f) − log σ(f₀) is its share of f − f₀ (f₀ the bias), so the
         contributions still add up, with the bias, to log(clv) exactly.
         """
+        # (The constant factors scale and horizon_factor only move the bias: no feature's share.)
         if self.spec.kind == "tweedie":
             return self._raw("clv", x, pred_contrib=True)[:, :-1]
         spend = self._raw("spend", x, pred_contrib=True)[:, :-1]

@@ -25,12 +25,13 @@ Kind = Literal["tweedie", "two_part"]
 
 
 class ValueSettings(BaseModel):
-    """The business settings of a customer-value model (stored with every version)."""
+    """The business settings of a customer-value model (stored with every version). The unit costs
+    and margin default to the synthetic world's (``crmdata.synth.params``), so its truth compares."""
 
     horizon_days: int = Field(365, gt=0, description="H: spend is predicted over the H days after the as_of date")
     gross_margin: float = Field(0.30, ge=0, le=1, description="gross margin on spend (share of the amount)")
-    ticket_cost: float = Field(12.0, ge=0, description="cost to serve one support ticket")
-    complaint_cost: float = Field(60.0, ge=0, description="cost to serve one complaint")
+    ticket_cost: float = Field(25.0, ge=0, description="cost to serve one support ticket")
+    complaint_cost: float = Field(100.0, ge=0, description="cost to serve one complaint")
     top_share: float = Field(0.80, gt=0, lt=1, description="A: the top customers making this share of predicted value")
     interval_level: float = Field(0.80, gt=0, lt=1, description="nominal coverage of the per-customer interval")
     growth_ratio: float = Field(1.5, gt=0, description="B: predicted value at least this many times the run-rate")
@@ -57,6 +58,12 @@ class ValueSpec(BaseModel):
     conformal: float = 0.0
     """Conformalized quantile regression: widen [q_low, q_high] by this on both sides."""
     thresholds: TierThresholds
+    window_days: int | None = None
+    """The label window the boosters learned, when shorter than the horizon (too little history
+    for H-day windows); None: the horizon itself."""
+    horizon_factor: float = 1.0
+    """Extends a ``window_days`` prediction to the horizon: the probabilistic peer's expected spend
+    over H ÷ over the window, summed over the customers at the training date (1 when they agree)."""
 
 
 def run_rate(frame: pd.DataFrame, column: str) -> np.ndarray:

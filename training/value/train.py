@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from crmdata import truth as truth_module
 from crmdata.errors import CrmscoreError
 from crmdata.lake import last_event, read_table
 from crmdata.times import as_utc
+from crmdata.truth import EXPECTED_SPEND, HORIZON_DAYS, read_value_truth
 from crmdata.workspace import Workspace
 from features.catalog import EVENT_TIMESTAMP
 from features.labels import value_labels
@@ -85,6 +85,9 @@ MIN_REPEAT_CUSTOMERS = 100
 MIN_HISTORY_DAYS = 28
 #: At most this many cutoffs (the newest): enough seasons of behaviour, bounded training time.
 MAX_VALUE_CUTOFFS = 8
+#: Shortest label window predictions are extended from, and the cutoffs it must give.
+MIN_WINDOW_DAYS = 28
+EXTRAPOLATION_CUTOFFS = 5
 #: Validation Gini within this of each other: the candidates rank alike; the better total decides.
 GINI_TIE = 0.002
 #: A challenger may be this much worse in |total error| and still be promoted on Gini.
@@ -117,6 +120,9 @@ class History:
 
     first: datetime
     end: datetime
+    """The training date: ``as_of``, or the lake's last event."""
+    lake_days: int
+    """Days from the first to the last order in the whole lake (what a horizon must fit in)."""
     orders: int
     repeat_customers: int
     zero_amounts: int
@@ -137,8 +143,11 @@ def check_history(lake: Path, horizon_days: int, as_of: datetime | None,
     orders = read_table(lake, "orders", ["customer_id", "ordered_at", "amount"])
     if orders is None or orders.is_empty():
         raise CrmscoreError(f"{lake}: customer value needs the orders table, which is missing or empty")
+    lake_first, lake_last = as_utc(orders["ordered_at"].min()), as_utc(orders["ordered_at"].max())
     end = as_utc(as_of) if as_of is not None else last_event(lake)
     orders = orders.filter(pl.col("ordered_at") < end) if as_of is not None else orders
+    if orders.is_empty():
+        raise CrmscoreError(f"orders: none before {end:%Y-%m-%d} (the lake's first is {lake_first:%Y-%m-%d})")
     negative = int((orders["amount"] < 0).sum())
     if negative:
         raise CrmscoreError(f"orders.amount: {negative} orders below 0 (rule: amount ≥ 0; net each return into "
@@ -147,27 +156,35 @@ def check_history(lake: Path, horizon_days: int, as_of: datetime | None,
     if zero:
         log.info("orders.amount: %d orders of amount 0 count as orders (recency, frequency) and add no spend", zero)
     first = as_utc(orders["ordered_at"].min())
-    history = History(first=first, end=end, orders=orders.height, zero_amounts=zero,
+    history = History(first=first, end=end, lake_days=(lake_last - lake_first).days, orders=orders.height,
+                      zero_amounts=zero,
                       repeat_customers=int((orders.group_by("customer_id").len()["len"] >= 2).sum()))
-    if horizon_days > history.days:
-        raise CrmscoreError(f"--horizon {horizon_days} days is longer than the order history: {history.days} days "
-                            f"({first:%Y-%m-%d} … {end:%Y-%m-%d})")
+    if horizon_days > history.lake_days:
+        raise CrmscoreError(f"--horizon {horizon_days} days is longer than the order history: {history.lake_days} "
+                            f"days ({lake_first:%Y-%m-%d} … {lake_last:%Y-%m-%d})")
     if history.repeat_customers < min_repeat:
         raise CrmscoreError(f"orders: need ≥ {min_repeat} customers with a repeat purchase (2+ orders) by "
                             f"{end:%Y-%m-%d}, found {history.repeat_customers}")
     return history
 
 
-def value_cutoffs(lake: Path, horizon_days: int, history: History, as_of: datetime | None,
-                  truth: pd.DataFrame | None) -> list[datetime]:
-    """The training cutoffs: the world's truth cutoffs when it has them for H, else every 28 days back
-    from the newest whose window fits; each with history before it and its window observed."""
+def fitting_cutoffs(lake: Path, window_days: int, history: History, as_of: datetime | None,
+                    truth: pd.DataFrame | None) -> list[datetime]:
+    """The training cutoffs of a ``window_days`` label: the world's truth cutoffs when it has them,
+    else every 28 days back from the newest whose window fits; each with history before it and its
+    window observed by the training date (the newest MAX_VALUE_CUTOFFS)."""
     if truth is not None:
         grid = sorted({as_utc(c) for c in truth["cutoff"]})
-        cutoffs = [c for c in grid if c + timedelta(days=horizon_days) <= history.end]
+        cutoffs = [c for c in grid if c + timedelta(days=window_days) <= history.end]
     else:
-        cutoffs = choose_cutoffs(lake, horizon_days, None, as_of)
-    cutoffs = [c for c in cutoffs if c >= history.first + timedelta(days=MIN_HISTORY_DAYS)][-MAX_VALUE_CUTOFFS:]
+        cutoffs = choose_cutoffs(lake, window_days, None, as_of)
+    return [c for c in cutoffs if c >= history.first + timedelta(days=MIN_HISTORY_DAYS)][-MAX_VALUE_CUTOFFS:]
+
+
+def value_cutoffs(lake: Path, horizon_days: int, history: History, as_of: datetime | None,
+                  truth: pd.DataFrame | None) -> list[datetime]:
+    """The training cutoffs of an H-day label, or a one-line error saying how much history is missing."""
+    cutoffs = fitting_cutoffs(lake, horizon_days, history, as_of, truth)
     if len(cutoffs) < TIME_SPLIT_DATES:
         least = horizon_days + MIN_HISTORY_DAYS + (TIME_SPLIT_DATES - 1) * 28 + 7
         raise CrmscoreError(
@@ -178,15 +195,88 @@ def value_cutoffs(lake: Path, horizon_days: int, history: History, as_of: dateti
     return cutoffs
 
 
+def training_window(lake: Path, horizon_days: int, history: History, as_of: datetime | None,
+                    truth: pd.DataFrame | None) -> tuple[int, list[datetime]]:
+    """The label window and its cutoffs: H when H-day windows fit; otherwise (e.g. trained as of a
+    date less than H after the first order) the longest window, in whole weeks of at least
+    MIN_WINDOW_DAYS, with EXTRAPOLATION_CUTOFFS cutoffs — its predictions are then extended to H
+    by the probabilistic peer (``peer_horizon_factor``)."""
+    try:
+        return horizon_days, value_cutoffs(lake, horizon_days, history, as_of, truth)
+    except CrmscoreError as refused:
+        if truth is not None:
+            raise
+        for window in range(horizon_days - 7, MIN_WINDOW_DAYS - 1, -7):
+            cutoffs = fitting_cutoffs(lake, window, history, as_of, None)
+            if len(cutoffs) >= EXTRAPOLATION_CUTOFFS:
+                log.warning("too little history for %d-day labels by %s: training on %d-day windows (%d cutoffs) "
+                            "and extending them to %d days by the BG/NBD + Gamma-Gamma peer", horizon_days,
+                            f"{history.end:%Y-%m-%d}", window, len(cutoffs), horizon_days)
+                return window, cutoffs
+        raise CrmscoreError(f"{refused}; nor does a window of {MIN_WINDOW_DAYS}+ days give "
+                            f"{EXTRAPOLATION_CUTOFFS} cutoffs to extend from") from None
+
+
+def peer_summary(lake: Path, end: datetime) -> pl.DataFrame:
+    """Per customer with an order before ``end``: the BG/NBD summary in days, as features.sql makes it —
+    ``frequency`` (purchase days after the first), ``recency`` (last − first purchase day), ``t`` (the last
+    day before ``end`` − the first) and ``monetary`` (mean amount of the repeat days; NaN without one)."""
+    orders = read_table(lake, "orders", ["customer_id", "ordered_at", "amount"])
+    if orders is None:
+        raise CrmscoreError(f"{lake}: customer value needs the orders table")
+    last_day = (end - timedelta(microseconds=1)).date()
+    days = (
+        orders.filter(pl.col("ordered_at") < end)
+        .group_by("customer_id", pl.col("ordered_at").dt.date().alias("day"))
+        .agg(pl.col("amount").sum())
+        .sort("customer_id", "day")
+        .group_by("customer_id", maintain_order=True)
+        .agg(pl.len().alias("n"), pl.col("day").min().alias("first"), pl.col("day").max().alias("last"),
+             pl.col("amount").sum().alias("total"), pl.col("amount").first().alias("first_amount"))
+    )
+    return days.select(
+        "customer_id",
+        (pl.col("n") - 1).cast(pl.Float64).alias("frequency"),
+        (pl.col("last") - pl.col("first")).dt.total_days().cast(pl.Float64).alias("recency"),
+        (pl.lit(last_day, dtype=pl.Date) - pl.col("first")).dt.total_days().cast(pl.Float64).alias("t"),
+        pl.when(pl.col("n") > 1).then((pl.col("total") - pl.col("first_amount")) / (pl.col("n") - 1))
+        .otherwise(float("nan")).alias("monetary"),
+    )
+
+
+def peer_expected_spend(lake: Path, end: datetime, horizons: tuple[int, ...]) -> tuple[pl.DataFrame, Any]:
+    """The peer (BG/NBD + Gamma-Gamma by MAP on the orders before ``end``): each customer's expected
+    spend over each horizon (columns ``spend_<days>``), and the fit."""
+    from features.peer import EXPECTED_SPEND as PEER_EXPECTED_SPEND
+    from features.peer import PeerUnfit, fit_peer, predict_peer
+
+    summary = peer_summary(lake, end)
+    arrays = [summary[c].to_numpy() for c in ("frequency", "recency", "t", "monetary")]
+    try:
+        fit = fit_peer(*arrays)
+    except PeerUnfit as why:
+        raise CrmscoreError(f"orders: the BG/NBD + Gamma-Gamma peer does not fit at {end:%Y-%m-%d} ({why})") from None
+    spend = {f"spend_{h}": predict_peer(fit, *arrays, horizon=h)[PEER_EXPECTED_SPEND] for h in horizons}
+    return summary.select("customer_id").with_columns(pl.Series(k, v) for k, v in spend.items()), fit
+
+
+def peer_horizon_factor(lake: Path, end: datetime, window_days: int, horizon_days: int) -> float:
+    """Σ peer expected spend over H ÷ Σ over the window, over the customers with an order before ``end``."""
+    spend, _ = peer_expected_spend(lake, end, (window_days, horizon_days))
+    factor = float(np.nansum(spend[f"spend_{horizon_days}"]) / np.nansum(spend[f"spend_{window_days}"]))
+    log.info("peer at %s: expected spend over %d days is %.3f × that over %d days", f"{end:%Y-%m-%d}",
+             horizon_days, factor, window_days)
+    return factor
+
+
 # --- the oracle and the comparators -------------------------------------------------------------
 
 def read_truth(lake: Path, horizon_days: int) -> pd.DataFrame | None:
     """The world's value truth at horizon H (cutoff, customer_id, expected_spend, ...), or None."""
-    reader = getattr(truth_module, "read_value_truth", None)
-    table = reader(lake) if reader is not None else None
+    table = read_value_truth(lake)
     if table is None:
         return None
-    table = table.filter(pl.col("horizon_days") == horizon_days)
+    table = table.filter(pl.col(HORIZON_DAYS) == horizon_days)
     if table.is_empty():
         log.info("the world's value truth is not over %d days: no oracle", horizon_days)
         return None
@@ -199,12 +289,12 @@ def oracle_spend(frame: pd.DataFrame, truth: pd.DataFrame | None, key: str) -> n
     if truth is None:
         return None
     joined = frame[[key, CUTOFF]].merge(
-        truth[["cutoff", key, "expected_spend"]].rename(columns={"cutoff": CUTOFF}), on=[key, CUTOFF], how="left")
-    missing = int(joined["expected_spend"].isna().sum())
+        truth[["cutoff", key, EXPECTED_SPEND]].rename(columns={"cutoff": CUTOFF}), on=[key, CUTOFF], how="left")
+    missing = int(joined[EXPECTED_SPEND].isna().sum())
     if missing:
         log.warning("no oracle: %d of %d rows have no value truth", missing, len(joined))
         return None
-    return joined["expected_spend"].to_numpy(dtype=float)
+    return joined[EXPECTED_SPEND].to_numpy(dtype=float)
 
 
 def spend_365(frame: pd.DataFrame) -> np.ndarray:
@@ -310,11 +400,13 @@ def gate(client: MlflowClient, spec: ValueSpec, holdout: pd.DataFrame, y: np.nda
         champion = load_value_model(name, version=str(current.version), client=client)
     except CrmscoreError as exc:
         return False, f"champion v{current.version} cannot be loaded ({exc}); promote by hand"
-    if champion.settings.horizon_days != spec.settings.horizon_days:
-        return False, (f"champion v{current.version} predicts another horizon "
-                       f"({champion.settings.horizon_days} days); promote by hand if this one should replace it")
+    if (champion.settings.horizon_days, champion.spec.window_days) != (spec.settings.horizon_days, spec.window_days):
+        learned = f", learned on {champion.spec.window_days}-day windows" if champion.spec.window_days else ""
+        return False, (f"champion v{current.version} predicts another target ({champion.settings.horizon_days} "
+                       f"days{learned}); promote by hand if this one should replace it")
     try:
-        p = champion.predict(holdout)["clv"].to_numpy()
+        # On the holdout's label window, as the challenger was judged.
+        p = champion.predict(holdout)["clv"].to_numpy() / champion.spec.horizon_factor
     except CrmscoreError as exc:
         return False, f"champion v{current.version} cannot score this holdout ({exc}); promote by hand"
     champ_gini, champ_total = normalized_gini(y, p), total_error(y, p)
@@ -352,25 +444,26 @@ def train_value(ws: Workspace, window_days: int = VALUE.window_days, as_of: date
     started = time.perf_counter()
     history = check_history(ws.lake, horizon, as_of, min_repeat_customers)
     truth = read_truth(ws.lake, horizon)
-    cutoffs = value_cutoffs(ws.lake, horizon, history, as_of, truth)
+    window, cutoffs = training_window(ws.lake, horizon, history, as_of, truth)
     ensure_snapshots(ws, cutoffs)
-    labels = value_labels(ws.lake, cutoffs, window_days=horizon)
+    labels = value_labels(ws.lake, cutoffs, window_days=window)
     frame = labelled_frame(ws, VALUE.feature_service, labels, profile)
     key = VALUE.key_column
     frame = frame.sort_values(CUTOFF, kind="stable").reset_index(drop=True)
-    oracle = oracle_spend(frame, truth, key)
+    # The truth is over H; a model of shorter windows is judged on them, without the oracle.
+    oracle = oracle_spend(frame, truth, key) if window == horizon else None
     timings["frame"] = time.perf_counter() - started
 
     train, valid, holdout = split_by_time(frame)
     for fold, rows in (("validation", valid), ("holdout", holdout)):
         if float(rows[LABEL].sum()) <= 0:
             raise CrmscoreError(f"orders: the {fold} cutoff {pd.Timestamp(rows[CUTOFF].iloc[0]):%Y-%m-%d} has no "
-                                f"spend in the {horizon} days after it ({len(rows)} customers)")
+                                f"spend in the {window} days after it ({len(rows)} customers)")
     features = model_features(frame, key)
     categorical = [c for c in features if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
     model_spec = ModelSpec(task=VALUE.key, model_name=VALUE.model_name, feature_service=VALUE.feature_service,
                            entity_key=key, features=features, categories=fit_categories(train, categorical),
-                           label_window_days=horizon)
+                           label_window_days=window)
     x_train, x_valid, x_hold = (prepare_features(f, model_spec) for f in (train, valid, holdout))
     y_train, y_valid, y_hold = (f[LABEL].to_numpy(dtype=float) for f in (train, valid, holdout))
 
@@ -386,16 +479,18 @@ def train_value(ws: Workspace, window_days: int = VALUE.window_days, as_of: date
         timings["fit"] = time.perf_counter() - fit_started
 
         boosters = {**best.boosters, **quantiles}
-        clv_hold = scale * best.mean(x_hold)
-        thresholds = fit_thresholds(clv_hold, settings)
+        factor = 1.0 if window == horizon else peer_horizon_factor(ws.lake, history.end, window, horizon)
+        thresholds = fit_thresholds(scale * factor * best.mean(x_hold), settings)
         spec = ValueSpec(model=model_spec, settings=settings, kind=best.kind, scale=scale, conformal=conformal,
-                         thresholds=thresholds)
+                         thresholds=thresholds, window_days=None if window == horizon else window,
+                         horizon_factor=factor)
         model = ValueModel(name=VALUE.model_name, version="", run_id=run.info.run_id, spec=spec, boosters=boosters)
         predicted = model.predict(holdout)
-        low, high = predicted["clv_low"].to_numpy(), predicted["clv_high"].to_numpy()
-        metrics = evaluate_value(y_hold, predicted["clv"].to_numpy(), low, high)
-        comparators = {"rule": past_spend_rule(holdout, horizon)}
-        peer = peer_spend(holdout, horizon)
+        # Judged on the window the labels cover (H itself unless extended).
+        on_window = predicted[["clv", "clv_low", "clv_high"]].to_numpy() / factor
+        metrics = evaluate_value(y_hold, on_window[:, 0], on_window[:, 1], on_window[:, 2])
+        comparators = {"rule": past_spend_rule(holdout, window)}
+        peer = peer_spend(holdout, window)
         if peer is not None:
             comparators["peer"] = peer
         if oracle is not None:
@@ -404,7 +499,8 @@ def train_value(ws: Workspace, window_days: int = VALUE.window_days, as_of: date
         tiers = tier_summary(predicted, y_hold)
 
         log_started = time.perf_counter()
-        mlflow.log_params({"kind": best.kind, "horizon_days": horizon, "scale": scale, "conformal": conformal,
+        mlflow.log_params({"kind": best.kind, "horizon_days": horizon, "label_window_days": window,
+                           "horizon_factor": factor, "scale": scale, "conformal": conformal,
                            "tweedie_variance_power": TWEEDIE_POWER, "quantile_rounds": QUANTILE_ROUNDS,
                            **{f"setting.{k}": v for k, v in settings.model_dump().items()},
                            **{f"best_iteration.{r}": b.best_iteration for r, b in boosters.items()},
@@ -437,7 +533,8 @@ def train_value(ws: Workspace, window_days: int = VALUE.window_days, as_of: date
         description = (f"normalized Gini {metrics['normalized_gini']:.4f} (rule {rule['normalized_gini']:.4f}), "
                        f"decile MAPE {metrics['decile_mape']:.3f}, total error {metrics['total_error']:+.3f}, "
                        f"{settings.interval_level:.0%} interval coverage {metrics['coverage']:.3f} on "
-                       f"{len(holdout):,} holdout customers ({inputs.cutoff_span(holdout[CUTOFF])}), H={horizon} days")
+                       f"{len(holdout):,} holdout customers ({inputs.cutoff_span(holdout[CUTOFF])}), H={horizon} days"
+                       + ("" if window == horizon else f" (learned on {window}-day windows, × {factor:.3f} by the peer)"))
         registration = (register_and_gate(client, VALUE.model_name, info.model_uri,
                                           ("normalized_gini", metrics["normalized_gini"]), champion_gate,
                                           description=description) if register else
