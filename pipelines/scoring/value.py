@@ -175,9 +175,10 @@ def score_value(ws: Workspace, as_of: datetime | None, options: ScoreOptions, pr
     if options.engine == "spark":
         log.info("clv: the value model scores in-process; --engine spark applies to churn and lead")
     progress = progress or NoProgress()
+    model = model or load_value_model(VALUE.model_name)
+    # Timed from here, like a binary run (whose champion is loaded before its job starts).
     started_at, started = datetime.now().astimezone(), time.perf_counter()
     as_of = as_utc(as_of) if as_of is not None else default_as_of(ws)
-    model = model or load_value_model(VALUE.model_name)
     spec = model.spec.model
     plan = resolve_service(feature_store(ws, options.profile), spec.feature_service)
     missing = [f for f in model.feature_names if f not in plan.features]
