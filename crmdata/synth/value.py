@@ -978,7 +978,8 @@ def value_truth(
             }
         )
     rel = np.concatenate(relative_se) if relative_se else np.empty(0)
-    frame = pl.concat(frames) if frames else pl.DataFrame(schema=_SCHEMA)
+    # No rechunk: at a million customers the table is ~1 GB, and parquet writes chunks as they are.
+    frame = pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=_SCHEMA)
     negative = [
         c["share_negative_margin"] for c in per_cutoff if c["share_negative_margin"] is not None
     ]
