@@ -109,10 +109,10 @@ class _Compiled:
     """A PyMC model whose data are ``pm.Data`` containers, with its log-posterior and
     gradient compiled once per process: ``set`` swaps the data, ``map`` optimizes."""
 
-    def __init__(self, model: Any, data: dict[str, Any]) -> None:
+    def __init__(self, model: Any) -> None:
         from pymc.blocking import DictToArrayBijection
 
-        self.model, self.data = model, data
+        self.model = model
         start = model.initial_point()
         names = [v.name for v in model.value_vars]
         self.start = DictToArrayBijection.map({k: start[k] for k in names})
@@ -155,7 +155,7 @@ def _beta_geo() -> _Compiled:
                 observed = pm.Data("recency_frequency", np.zeros((1, 2)))
                 params = {k: pm.HalfFlat(k) for k in ("r", "alpha", "a", "b")}
                 BetaGeoNBD("likelihood", T=t, observed=observed, **params)
-            _MODELS["bg"] = _Compiled(model, {})
+            _MODELS["bg"] = _Compiled(model)
     return _MODELS["bg"]
 
 
@@ -176,7 +176,7 @@ def _gamma_gamma() -> _Compiled:
                     pt.gammaln(p * x + q) - pt.gammaln(p * x) - pt.gammaln(q) + q * pt.log(v)
                     + (p * x - 1) * pt.log(z) + (p * x) * pt.log(x) - (p * x + q) * pt.log(x * z + v),
                 )
-            _MODELS["gg"] = _Compiled(model, {})
+            _MODELS["gg"] = _Compiled(model)
     return _MODELS["gg"]
 
 
