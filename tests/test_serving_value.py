@@ -104,13 +104,18 @@ def _register(uri: str, model: Any, tmp: Path) -> str:
 def test_customer_value_over_a_real_socket(serving_world: Any, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import httpx
+    from mlflow import MlflowClient
 
     from serving.auth import create_key
     from tests.conftest_serving import free_port, private_registry
+    from training.registry import version_by_alias
     from training.tasks import VALUE
 
     uri = private_registry(serving_world, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    registry = MlflowClient(uri, uri)
+    if version_by_alias(registry, VALUE.model_name, "champion") is not None:  # a world that has one
+        registry.delete_registered_model_alias(VALUE.model_name, "champion")
     keys = tmp_path / "api_keys.json"
     score, _ = create_key(keys, "score")
     admin, _ = create_key(keys, "admin")
