@@ -50,6 +50,12 @@ class CrmScoreClient:
                 for r in self._post("/next_best_products",
                                     {"customer_ids": chunk, "k": k, "exclude": list(exclude)})["results"]]
 
+    def customer_value(self, customer_ids: Sequence[str], explain: bool = True) -> list[dict[str, Any]]:
+        """One result per id, in order: status, clv and its interval, margin, P(alive), expected
+        orders, RFM, tier, reasons, freshness."""
+        return [r for chunk in _chunks(customer_ids)
+                for r in self._post("/customer_value", {"customer_ids": chunk, "explain": explain})["results"]]
+
     def close(self) -> None:
         self._http.close()
 

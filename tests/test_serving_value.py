@@ -191,6 +191,12 @@ def test_customer_value_over_a_real_socket(serving_world: Any, tmp_path: Path,
             assert [r["reasons"] for r in fast["results"]] == [None] * 5
             assert [r["clv"] for r in fast["results"]] == [r["clv"] for r in results[:5]]
 
+            from serving.client_example import CrmScoreClient
+
+            crm = CrmScoreClient(url, score)
+            assert [r["tier"] for r in crm.customer_value(ids, explain=False)] == [r["tier"] for r in results[:5]]
+            crm.close()
+
             # 4. The documented errors, and the docs.
             too_many = http.post("/customer_value", json={"customer_ids": ["C1"] * 1001}, headers=auth)
             assert too_many.status_code == 400 and too_many.json()["detail"][0]["loc"][-1] == "customer_ids"
