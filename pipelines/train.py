@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 def train_task(ws: Workspace, task: Task, **options: Any) -> TrainResult:
     """Run ``task``'s trainer on the workspace.
 
-    A binary task's trainer reads the workspace (its features and Feast store), the
-    recommender's only the lake. Each takes the options that apply to it (churn a
+    A binary task's trainer and customer value's read the workspace (features and Feast
+    store), the recommender's only the lake; for customer value ``window_days`` is the
+    horizon H (``--horizon``). Each takes the options that apply to it (churn a
     mode, the recommender an algorithm, ...); an option a trainer does not take, or
     left at None, is not passed, so it keeps the trainer's default.
     """

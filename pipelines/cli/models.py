@@ -57,7 +57,8 @@ def train(
         typer.echo(result_json(result))
         return
     overall = result.metrics.get("overall", result.metrics)
-    headline = ", ".join(f"{k}={v:.4f}" for k, v in overall.items() if k in ("roc_auc", "ece", "ndcg_at_10"))
+    headline = ", ".join(f"{k}={v:.4f}" for k, v in overall.items()
+                         if k in ("roc_auc", "ece", "ndcg_at_10", "normalized_gini", "total_error", "coverage"))
     console.print(
         f"{result.model} version {result.version} ({result.alias}): {headline}\n"
         f"{'promoted' if result.promoted else 'not promoted'}: {result.reason}"
