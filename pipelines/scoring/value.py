@@ -245,7 +245,7 @@ def score_value(ws: Workspace, as_of: datetime | None, options: ScoreOptions, pr
 class _DriftInput:
     """What the finishing steps (``finish.py``) read of the run."""
 
-    features: pl.DataFrame
+    features: pl.DataFrame | None
     probabilities: np.ndarray  # here: clv (the drift report's "score")
 
 
