@@ -11,7 +11,7 @@ import pytest
 from crmdata.errors import CrmscoreError
 from features.labels import value_labels
 from tests.factories import tiny_tables, ts, write_lake
-from training.value.train import check_history, value_cutoffs
+from training.value.train import check_history, training_window, value_cutoffs
 
 
 def lake_with_amounts(tmp_path: Path, amounts: list[float]) -> Path:
@@ -72,3 +72,22 @@ def test_too_short_a_history_for_the_horizon_says_what_is_missing(tmp_path: Path
     with pytest.raises(CrmscoreError, match=r"need ≥ 3 cutoffs whose 365-day window ends by 2024-02-11 "
                                             r"\(train, validation, holdout\), found 1: the orders span 401 days"):
         value_cutoffs(lake, 365, history, None, None)
+
+
+def test_too_little_history_for_h_trains_the_longest_window_with_five_cutoffs(tmp_path: Path) -> None:
+    lake = write_lake(tmp_path / "lake")
+    history = check_history(lake, 365, None, min_repeat=1)
+    window, cutoffs = training_window(lake, 365, history, None, None)
+    # The grid's newest snapshot is Monday 2024-02-12: 37 weeks before it, 2023-05-29, is the newest cutoff
+    # of a 253-day window, and four more every 28 days reach 2023-02-06, after the first order + 28 days.
+    # A 260-day window starts a week earlier and its fifth cutoff (2023-01-30) would have no history.
+    assert window == 253
+    assert cutoffs == [ts(2023, 2, 6), ts(2023, 3, 6), ts(2023, 4, 3), ts(2023, 5, 1), ts(2023, 5, 29)]
+
+
+def test_no_window_fits_says_so(tmp_path: Path) -> None:
+    lake = write_lake(tmp_path / "lake")
+    as_of = ts(2023, 5, 1)
+    history = check_history(lake, 60, as_of, min_repeat=1)
+    with pytest.raises(CrmscoreError, match=r"found 1: .*; nor does a window of 28\+ days give 5 cutoffs"):
+        training_window(lake, 60, history, as_of, None)

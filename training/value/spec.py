@@ -54,7 +54,8 @@ class ValueSpec(BaseModel):
     kind: Kind
     """``tweedie``: one booster (clv.lgb); ``two_part``: P(buy) (buy.lgb) × E[spend | buy] (spend.lgb)."""
     scale: float = 1.0
-    """Multiplies the boosters' mean so the validation fold's total is matched."""
+    """Multiplies the boosters' mean: so the validation fold's total is matched, or, for a model of a
+    shorter window, so its total at the training date is the peer's corrected for its bias."""
     conformal: float = 0.0
     """Conformalized quantile regression: widen [q_low, q_high] by this on both sides."""
     thresholds: TierThresholds

@@ -265,13 +265,49 @@ def peer_expected_spend(lake: Path, end: datetime, horizons: tuple[int, ...]) ->
     return summary.select("customer_id").with_columns(pl.Series(k, v) for k, v in spend.items()), fit
 
 
-def peer_horizon_factor(lake: Path, end: datetime, window_days: int, horizon_days: int) -> float:
-    """Σ peer expected spend over H ÷ Σ over the window, over the customers with an order before ``end``."""
-    spend, _ = peer_expected_spend(lake, end, (window_days, horizon_days))
-    factor = float(np.nansum(spend[f"spend_{horizon_days}"]) / np.nansum(spend[f"spend_{window_days}"]))
-    log.info("peer at %s: expected spend over %d days is %.3f × that over %d days", f"{end:%Y-%m-%d}",
-             horizon_days, factor, window_days)
-    return factor
+@dataclass(frozen=True)
+class Extension:
+    """How predictions of a shorter window are brought to H at the training date (see ``extend``)."""
+
+    level: float
+    factor: float
+    peer_bias: float
+
+
+def extend(ws: Workspace, window_days: int, horizon_days: int, end: datetime, valid: pd.DataFrame,
+           y_valid: np.ndarray, best: Candidate, spec: ModelSpec, profile: str) -> Extension:
+    """Level and horizon factor for a model of ``window_days`` labels trained as of ``end``.
+
+    A model learned on windows after younger cutoffs over-predicts an ageing cohort (its trees cannot
+    extrapolate tenure), and no H-day window is observed to correct it. The probabilistic peer can:
+    BG/NBD's dropout process ages with the customers. So, with everything observable at ``end``:
+
+    * ``peer_bias`` = actual spend ÷ the peer's expected spend over the window at the validation cutoff;
+    * ``level`` makes the model's total over the window, for the customers signed up by ``end``,
+      equal ``peer_bias`` × the peer's total for them (the model then only distributes it);
+    * ``factor`` = the peer's total over H ÷ its total over the window, at ``end``.
+    """
+    from features.population import SignedUpCustomers
+
+    key = spec.entity_key
+    cutoff = as_utc(pd.Timestamp(valid[CUTOFF].iloc[0]).to_pydatetime())
+    at_valid, _ = peer_expected_spend(ws.lake, cutoff, (window_days,))
+    peer_valid = (valid[[key]].astype(str).merge(at_valid.to_pandas(), on=key, how="left")
+                  [f"spend_{window_days}"].fillna(0.0).to_numpy())
+    peer_bias = float(y_valid.sum() / peer_valid.sum())
+    population = SignedUpCustomers().from_lake(ws.lake, end).with_columns(
+        pl.lit(end).dt.cast_time_unit("us").alias(CUTOFF))
+    ensure_snapshots(ws, [end])
+    at_end = labelled_frame(ws, spec.feature_service, population, profile)
+    raw = float(best.mean(prepare_features(at_end, spec)).sum())
+    peer_end, _ = peer_expected_spend(ws.lake, end, (window_days, horizon_days))
+    peer_end = at_end[[key]].astype(str).merge(peer_end.to_pandas(), on=key, how="left").fillna(0.0)
+    over_w, over_h = float(peer_end[f"spend_{window_days}"].sum()), float(peer_end[f"spend_{horizon_days}"].sum())
+    extension = Extension(level=peer_bias * over_w / raw, factor=over_h / over_w, peer_bias=peer_bias)
+    log.info("extending %d-day predictions to %d days at %s: the peer's spend over the window was %.3f × short "
+             "at the validation cutoff; level %.3f, peer's H/window %.3f", window_days, horizon_days,
+             f"{end:%Y-%m-%d}", peer_bias, extension.level, extension.factor)
+    return extension
 
 
 # --- the oracle and the comparators -------------------------------------------------------------
@@ -484,7 +520,10 @@ def train_value(ws: Workspace, window_days: int = VALUE.window_days, as_of: date
         timings["fit"] = time.perf_counter() - fit_started
 
         boosters = {**best.boosters, **quantiles}
-        factor = 1.0 if window == horizon else peer_horizon_factor(ws.lake, history.end, window, horizon)
+        factor = 1.0
+        if window < horizon:
+            extension = extend(ws, window, horizon, history.end, valid, y_valid, best, model_spec, profile)
+            scale, factor = extension.level, extension.factor
         thresholds = fit_thresholds(scale * factor * best.mean(x_hold), settings)
         spec = ValueSpec(model=model_spec, settings=settings, kind=best.kind, scale=scale, conformal=conformal,
                          thresholds=thresholds, window_days=None if window == horizon else window,
