@@ -56,7 +56,7 @@ def world(customers: int) -> Path:
 def stand_in_scores(ws: Workspace, as_of: datetime) -> dict[str, int]:
     """Score partitions with random values, shaped like ``crmscore score``'s (see the docstring)."""
     from features.labels import churn_population, open_leads
-    from pipelines.report.scores import CLV_TIERS
+    from pipelines.report.scores import clv_tiers
     from pipelines.scoring.table import RunManifest, partition_dir, write_manifest
 
     rng = np.random.default_rng(1)
@@ -90,7 +90,7 @@ def stand_in_scores(ws: Workspace, as_of: datetime) -> dict[str, int]:
         clv = rng.gamma(1.5, 300.0, customers.len())
         put("clv", date, pl.DataFrame({
             "customer_id": customers, "clv": clv, "clv_low": clv * 0.6, "clv_high": clv * 1.5,
-            "expected_margin": clv * 0.3, "tier": np.asarray(CLV_TIERS)[rng.integers(0, 4, customers.len())],
+            "expected_margin": clv * 0.3, "tier": np.asarray(clv_tiers())[rng.integers(0, 4, customers.len())],
             "rfm_segment": "bench", "model_version": "0"}))
     return written
 

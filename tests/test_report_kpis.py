@@ -392,3 +392,18 @@ def test_cli_bad_date_is_one_line(ws_a: Workspace) -> None:
     assert result.exit_code == 1
     assert "--as-of 'July': expected a date as YYYY-MM-DD" in result.output
 
+
+
+def test_default_as_of_takes_a_scoring_run_dated_just_after_the_last_event(tmp_path: Path) -> None:
+    """Lake B's last event is S5's end, 2025-08-01: the default is 2025-08-02, unless a scoring
+    run is dated within a week after the last event (the Monday snapshot), here 2025-08-04."""
+    from pipelines.report.build import default_as_of
+    from tests.test_report_lakes import lead_scores, write_scores
+
+    ws = Workspace(tmp_path)
+    write_lake(ws.lake, lake_b_tables())
+    assert default_as_of(ws.lake, ws.scores) == ts(2025, 8, 2)
+    write_scores(ws.scores, "lead", ts(2025, 8, 20), lead_scores([("L1", 0.5, "A")]))
+    assert default_as_of(ws.lake, ws.scores) == ts(2025, 8, 2)
+    write_scores(ws.scores, "churn", ts(2025, 8, 4), lead_scores([("L1", 0.5, "A")]))
+    assert default_as_of(ws.lake, ws.scores) == ts(2025, 8, 4)

@@ -25,19 +25,33 @@ from crmdata.workspace import Workspace
 from pipelines.report import kpis, scores
 from pipelines.report.model import DEFAULT_MONTHS, DEFAULT_WINDOW_DAYS, Grid, Report, Section
 from pipelines.report.render import render
+from pipelines.scoring.table import partitions
 from serving.report import latest_html, latest_json
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "crm-report"
+#: How long after the lake's last event a scoring run may be dated: pipelines.scoring.job's
+#: SCORE_AFTER_LAST_EVENT (not imported: pipelines.scoring.job loads Feast, ~15 s).
+SCORING_SLACK = timedelta(days=7)
 #: The lead model's score table and its grade column, for the funnel's open leads by grade.
 LEAD_TASK = "lead"
 
 
-def default_as_of(lake: Path) -> datetime:
-    """Midnight after the lake's last event: every event counts, and the last month is whole up to it."""
+def default_as_of(lake: Path, scores_dir: Path | None = None) -> datetime:
+    """Midnight after the lake's last event (every event counts), or the newest scoring run's
+    date when that is later but within a week of the last event: ``crmscore score`` dates its
+    runs at the feature grid's newest snapshot, the Monday after the last event."""
+    from training.tasks import TASKS
+
     last = event_span(lake)[1]
-    return datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    as_of = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    if scores_dir is not None:
+        dates = [scores.partition_date(p) for task in TASKS for p in partitions(scores_dir, task)]
+        recent = [d for d in dates if as_of < d <= last + SCORING_SLACK]
+        if recent:
+            as_of = max(recent)
+    return as_of
 
 
 def build_report(ws: Workspace, as_of: datetime | None = None, months: int = DEFAULT_MONTHS,
@@ -47,7 +61,7 @@ def build_report(ws: Workspace, as_of: datetime | None = None, months: int = DEF
     if window_days < 1:
         raise CrmscoreError(f"--window must be at least 1 day, got {window_days}")
     first, _ = event_span(ws.lake)
-    as_of = as_utc(as_of) if as_of is not None else default_as_of(ws.lake)
+    as_of = as_utc(as_of) if as_of is not None else default_as_of(ws.lake, ws.scores)
     if as_of <= first:
         raise CrmscoreError(f"--as-of {as_of:%Y-%m-%d} is before the data's start: the lake's first event is "
                             f"{first:%Y-%m-%d}")

@@ -31,13 +31,11 @@ from pipelines.report.model import Alert, Grid, Section
 from pipelines.scoring.migration import TIER_AFTER, TIER_BEFORE, movement_counts, tier_migration
 from pipelines.scoring.table import PARTITION_KEY, partitions, read_manifest
 from training.tasks import TASKS, Task
-from training.value.tiers import TIERS
 
 log = logging.getLogger(__name__)
 
-#: The customer-value model's score table (its task key) and its tiers, best first.
+#: The customer-value model's score table (its task key).
 CLV_TASK = "clv"
-CLV_TIERS: tuple[str, ...] = TIERS
 #: The horizon the customer-value model predicts, when the task registry does not say.
 DEFAULT_CLV_HORIZON_DAYS = 365
 #: A run is flagged when its realized AUC is this much below its model's holdout AUC.
@@ -59,6 +57,13 @@ class ModelRun:
 
 
 ModelLookup = Callable[[str], ModelRun]
+
+
+def clv_tiers() -> tuple[str, ...]:
+    """The customer-value tiers, best first (read late: training.value loads LightGBM)."""
+    from training.value.tiers import TIERS
+
+    return tuple(TIERS)
 
 
 def partition_date(path: Path) -> datetime:
@@ -96,7 +101,7 @@ def clv_tables(ws: Workspace, grid: Grid) -> tuple[dict[str, list[dict[str, Any]
                                          pl.col("clv_low").sum().alias("clv_low"),
                                          pl.col("clv_high").sum().alias("clv_high"),
                                          pl.col("clv").mean().alias("mean_clv")))
-    order = pl.DataFrame({"tier": list(CLV_TIERS)})
+    order = pl.DataFrame({"tier": list(clv_tiers())})
     tiers = order.join(tiers, on="tier", how="left").with_columns(pl.col("customers").fill_null(0))
     summary = {"clv_run": f"{latest_date:%Y-%m-%d}", "customers_scored": latest.height,
                "customers_without_tier": int(latest.get_column("tier").null_count()),
@@ -125,12 +130,13 @@ def migration_matrix(prev: pl.DataFrame, latest: pl.DataFrame) -> tuple[list[dic
     """Rows: the tier in the earlier run ('new' = no tier then); columns: the tier in the later
     one ('lost' = no tier now). The movements are ``pipelines.scoring.migration``'s, the rule
     ``score clv`` writes its migration table by (A is best)."""
-    migration = tier_migration(prev, latest, "customer_id", "tier", list(CLV_TIERS))
+    tiers = clv_tiers()
+    migration = tier_migration(prev, latest, "customer_id", "tier", list(tiers))
     counts = (migration.with_columns(pl.col(TIER_BEFORE).fill_null("new"), pl.col(TIER_AFTER).fill_null("lost"))
               .group_by(TIER_BEFORE, TIER_AFTER).len())
     found = {(b, a): n for b, a, n in counts.iter_rows()}
-    rows = [{"from": before, **{after: found.get((before, after), 0) for after in (*CLV_TIERS, "lost")}}
-            for before in (*CLV_TIERS, "new")]
+    rows = [{"from": before, **{after: found.get((before, after), 0) for after in (*tiers, "lost")}}
+            for before in (*tiers, "new")]
     return rows, movement_counts(migration)
 
 
