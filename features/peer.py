@@ -280,17 +280,18 @@ def peer_features(
     columns added, one fit per snapshot; the summary columns are dropped. Row order kept.
 
     Customers without a purchase (null ``peer_frequency``) get nulls; so does every row of
-    a snapshot the peer cannot be fitted on, with a warning naming the snapshot and why.
+    a snapshot the peer cannot be fitted on, with one warning naming those snapshots and why.
     """
     n = frame.height
     out = {name: np.full(n, np.nan) for name in PEER_FEATURES}
     index = frame.with_row_index("_row").filter(pl.col(FREQUENCY).is_not_null())
-    for (snapshot,), part in index.group_by([by], maintain_order=True):
+    unfit: list[tuple[Any, PeerUnfit]] = []
+    for (snapshot,), part in index.sort(by, maintain_order=True).group_by([by], maintain_order=True):
         arrays = [part[c].cast(pl.Float64).to_numpy() for c in (FREQUENCY, RECENCY, T, MONETARY)]
         try:
             fit = fit_peer(*arrays)
         except PeerUnfit as why:
-            log.warning("peer features at %s are null: %s", _label(snapshot), why)
+            unfit.append((snapshot, why))
             continue
         predicted = predict_peer(fit, *arrays, horizon=horizon)
         rows = part["_row"].to_numpy()
@@ -300,6 +301,10 @@ def peer_features(
             "peer at %s: %d customers (%d repeat), r=%.3g alpha=%.3g a=%.3g b=%.3g p=%.3g q=%.3g v=%.3g in %.1fs",
             _label(snapshot), fit.customers, fit.repeat_customers, *vars(fit.params).values(), fit.seconds,
         )
+    if unfit:
+        # One line for the build, not one per snapshot: the snapshots and the newest reason.
+        when = ", ".join(_label(t) for t, _ in unfit[:3]) + (f" ... {_label(unfit[-1][0])}" if len(unfit) > 3 else "")
+        log.warning("peer features are null at %d snapshot(s) (%s): %s", len(unfit), when, unfit[-1][1])
     columns = [pl.Series(name, values).fill_nan(None) for name, values in out.items()]
     return frame.drop([FREQUENCY, RECENCY, T, MONETARY]).with_columns(columns)
 

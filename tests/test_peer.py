@@ -142,7 +142,8 @@ def test_too_few_repeat_buyers_give_nulls_and_a_warning(caplog: pytest.LogCaptur
         out = peer_features(frame)
     assert out.columns == ["customer_id", EVENT_TIMESTAMP, *PEER_FEATURES]
     assert all(out[c].null_count() == n + 1 for c in PEER_FEATURES)
-    assert "peer features at 2024-01-01 00:00 are null: 99 customers with a repeat purchase" in caplog.text
+    assert ("peer features are null at 1 snapshot(s) (2024-01-01 00:00): 99 customers with a repeat purchase "
+            "of a positive amount, fewer than the 100 the BG/NBD + Gamma-Gamma fit needs") in caplog.text
 
 
 def cdnow_sample_lake(directory: Path) -> Path:
