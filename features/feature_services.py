@@ -55,5 +55,5 @@ customer_value_v1 = FeatureService(
     features=[customer_features, customer_value],
     description="Customer value: every customer feature (activity, support, subscription, custom "
     "attributes) and the customer-value view (RFM, the probabilistic peer, run-rate, cost to serve).",
-    tags={"model": "customer_value", "entities": "customer"},
+    tags={"model": VALUE_SERVICE, "entities": "customer"},
 )
