@@ -202,3 +202,39 @@ def test_cdnow_calibration_period_gives_the_published_estimates(tmp_path: Path) 
         pl.struct("customer_id", pl.col("ordered_at").dt.date()).n_unique()).item()
     assert made == 1882
     assert out["peer_expected_orders"].sum() == pytest.approx(made, rel=0.15)
+
+
+def test_orders_at_or_after_as_of_never_change_the_value_table(tmp_path: Path) -> None:
+    """Point in time, peer included: 300 customers buying in 2023; adding orders at and
+    after the snapshot, and a customer who signs up at it, leaves its rows identical."""
+    from features.build import build_features
+    from features.catalog import VALUE_TABLE, table_file
+
+    rng = np.random.default_rng(3)
+    as_of = datetime(2024, 1, 1, tzinfo=UTC)
+    start = datetime(2023, 1, 1, tzinfo=UTC)
+
+    def customer(c: str, signup: datetime) -> dict:
+        return {"customer_id": c, "signup_at": signup, "country": "US", "segment": "smb", "industry": "x",
+                "acquisition_channel": "web"}
+
+    past = []
+    for i in range(300):
+        for _ in range(int(rng.integers(1, 7))):
+            past.append((f"C{i}", start + timedelta(seconds=float(rng.uniform(0, 364 * 86400))), float(rng.gamma(2, 30))))
+    future = [(f"C{i}", as_of + timedelta(days=float(d)), 10.0) for i, d in zip(range(0, 300, 7), rng.uniform(0, 90, 43))]
+    future += [("C0", as_of, 500.0), ("C300", as_of + DAY, 40.0)]
+
+    def lake(name: str, rows: list, extra_customers: list) -> Path:
+        customers = contract_frame("customers", [customer(f"C{i}", start) for i in range(300)] + extra_customers)
+        orders = contract_frame("orders", [
+            {"order_id": f"O{k}", "customer_id": c, "ordered_at": t, "quantity": 1, "amount": a}
+            for k, (c, t, a) in enumerate(rows)])
+        return write_lake(tmp_path / name, {"customers": customers, "orders": orders})
+
+    build_features(lake("past", past, []), tmp_path / "fp", [as_of])
+    build_features(lake("future", past + future, [customer("C300", as_of)]), tmp_path / "ff", [as_of])
+    a = pl.read_parquet(tmp_path / "fp" / table_file(VALUE_TABLE)).sort("customer_id")
+    b = pl.read_parquet(tmp_path / "ff" / table_file(VALUE_TABLE)).sort("customer_id")
+    assert a.height == 300 and a["peer_p_alive"].null_count() == 0  # the peer was fitted
+    assert a.equals(b)
