@@ -31,6 +31,8 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -294,6 +296,12 @@ def peer_features(
             unfit.append((snapshot, why))
             continue
         predicted = predict_peer(fit, *arrays, horizon=horizon)
+        bad = int((~np.isfinite(predicted[EXPECTED_ORDERS])).sum())
+        if bad:
+            # E.g. data without dropout: a, b run off to huge values and the Gaussian
+            # hypergeometric term of the expectation overflows. Left null, said once.
+            log.warning("peer at %s: expected orders not finite for %d of %d customers (a=%.3g, b=%.3g); "
+                        "left null", _label(snapshot), bad, fit.customers, fit.params.a, fit.params.b)
         rows = part["_row"].to_numpy()
         for name in PEER_FEATURES:
             out[name][rows] = predicted[name]
@@ -307,6 +315,25 @@ def peer_features(
         log.warning("peer features are null at %d snapshot(s) (%s): %s", len(unfit), when, unfit[-1][1])
     columns = [pl.Series(name, values).fill_nan(None) for name, values in out.items()]
     return frame.drop([FREQUENCY, RECENCY, T, MONETARY]).with_columns(columns)
+
+
+def peer_at(lake: Path, as_of: datetime, horizon_days: float = PEER_HORIZON_DAYS) -> pl.DataFrame:
+    """The peer fitted on a lake's orders strictly before ``as_of``, predicting over
+    ``horizon_days`` (the feature view's columns are over ``PEER_HORIZON_DAYS``; a model
+    judged on another horizon compares with this): ``customer_id`` and the peer columns,
+    one row per customer with an order before ``as_of``. Raises ``PeerUnfit``."""
+    from crmdata.lake import read_manifest
+    from crmdata.times import as_utc
+    from features.catalog import JOIN_KEYS
+    from features.sql import PEER_SUMMARY, SqlContext, value_sql
+
+    key = JOIN_KEYS["customer"]
+    ctx = SqlContext.open(lake, set(read_manifest(lake).tables), {}, [as_utc(as_of)])
+    summary = ctx.con.sql(value_sql(ctx)).pl().select(key, *PEER_SUMMARY).filter(pl.col(FREQUENCY).is_not_null()).sort(key)
+    arrays = [summary[c].cast(pl.Float64).to_numpy() for c in (FREQUENCY, RECENCY, T, MONETARY)]
+    fit = fit_peer(*arrays)
+    predicted = predict_peer(fit, *arrays, horizon=horizon_days)
+    return summary.select(key).with_columns(pl.Series(name, predicted[name]) for name in PEER_FEATURES)
 
 
 def _label(snapshot: Any) -> str:

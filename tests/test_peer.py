@@ -15,7 +15,14 @@ import pytest
 
 from crmdata.lake import read_manifest
 from features.catalog import EVENT_TIMESTAMP, PEER_FEATURES
-from features.peer import MIN_REPEAT_CUSTOMERS, PeerUnfit, fit_peer, peer_features, predict_peer
+from features.peer import (
+    MIN_REPEAT_CUSTOMERS,
+    PeerUnfit,
+    fit_peer,
+    peer_at,
+    peer_features,
+    predict_peer,
+)
 from features.sql import PEER_SUMMARY, SqlContext, value_sql
 from tests.conftest import contract_frame
 from tests.factories import write_lake
@@ -220,8 +227,10 @@ def test_orders_at_or_after_as_of_never_change_the_value_table(tmp_path: Path) -
 
     past = []
     for i in range(300):
+        # A third stop buying after the first quarter: the dropout BG/NBD estimates.
+        span = 90 if i % 3 == 0 else 364
         for _ in range(int(rng.integers(1, 7))):
-            past.append((f"C{i}", start + timedelta(seconds=float(rng.uniform(0, 364 * 86400))), float(rng.gamma(2, 30))))
+            past.append((f"C{i}", start + timedelta(seconds=float(rng.uniform(0, span * 86400))), float(rng.gamma(2, 30))))
     future = [(f"C{i}", as_of + timedelta(days=float(d)), 10.0) for i, d in zip(range(0, 300, 7), rng.uniform(0, 90, 43))]
     future += [("C0", as_of, 500.0), ("C300", as_of + DAY, 40.0)]
 
@@ -232,9 +241,18 @@ def test_orders_at_or_after_as_of_never_change_the_value_table(tmp_path: Path) -
             for k, (c, t, a) in enumerate(rows)])
         return write_lake(tmp_path / name, {"customers": customers, "orders": orders})
 
-    build_features(lake("past", past, []), tmp_path / "fp", [as_of])
+    past_lake = lake("past", past, [])
+    build_features(past_lake, tmp_path / "fp", [as_of])
     build_features(lake("future", past + future, [customer("C300", as_of)]), tmp_path / "ff", [as_of])
     a = pl.read_parquet(tmp_path / "fp" / table_file(VALUE_TABLE)).sort("customer_id")
     b = pl.read_parquet(tmp_path / "ff" / table_file(VALUE_TABLE)).sort("customer_id")
-    assert a.height == 300 and a["peer_p_alive"].null_count() == 0  # the peer was fitted
+    assert a.height == 300  # the peer was fitted:
+    assert all(a[c].null_count() == 0 for c in PEER_FEATURES)
     assert a.equals(b)
+    # peer_at: the same fit, at any horizon (365 days = the view's columns).
+    at = peer_at(past_lake, as_of).sort("customer_id")
+    assert at["customer_id"].to_list() == a["customer_id"].to_list()
+    for column in PEER_FEATURES:
+        np.testing.assert_allclose(at[column].to_numpy(), a[column].to_numpy(), rtol=1e-9)
+    shorter = peer_at(past_lake, as_of, horizon_days=90)
+    assert (shorter["peer_expected_orders"].to_numpy() < at.sort("customer_id")["peer_expected_orders"].to_numpy()).all()
