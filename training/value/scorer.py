@@ -84,7 +84,9 @@ class ValueModel:
 
     def interval(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The conformalized quantile interval (spend is never negative, so neither is its low end)."""
-        factor = self.spec.horizon_factor
+        # An extended model (window_days set) moves its interval with its level, as its mean; otherwise the
+        # interval was calibrated as it is, and the total's scale is the mean's alone.
+        factor = self.spec.horizon_factor * (self.spec.scale if self.spec.window_days else 1.0)
         low = np.maximum(self._raw("low", x) - self.spec.conformal, 0.0) * factor
         high = np.maximum(self._raw("high", x) + self.spec.conformal, 0.0) * factor
         return low, np.maximum(high, low)
