@@ -17,7 +17,7 @@ import pytest
 
 from crmdata.workspace import Workspace
 from features.build import build_features
-from features.catalog import EVENT_TIMESTAMP, table_file
+from features.catalog import EVENT_TIMESTAMP, VALUE_TABLE, table_file
 from features.grid import snapshot_grid
 from features.materialize import materialize_latest
 from features.online import read_online
@@ -62,7 +62,7 @@ def test_redis_profile_end_to_end(tmp_path, registry_url: str) -> None:
     store = feature_store(ws, Profile.REDIS, project=project, registry_url=registry_url)
     try:
         summary = apply_repository(store, ws.feature_tables, Profile.REDIS)
-        assert set(summary.feature_services) == {"churn_v1", "lead_scoring_v1", "next_best_product_v1"}
+        assert set(summary.feature_services) == {"churn_v1", "lead_scoring_v1", "next_best_product_v1", "customer_value"}
         # A second store (another process) sees the registry through PostgreSQL.
         other = feature_store(ws, "redis", project=project, registry_url=registry_url)
         assert {s.name for s in other.list_feature_services()} == set(summary.feature_services)
@@ -71,6 +71,10 @@ def test_redis_profile_end_to_end(tmp_path, registry_url: str) -> None:
         assert any(project.encode() in key for key in client.scan_iter(count=1000))
         offline = pl.read_parquet(ws.feature_tables / table_file("customer"))
         latest = offline.filter(pl.col(EVENT_TIMESTAMP) == offline[EVENT_TIMESTAMP].max()).sort("customer_id")
+        # churn_v1 also serves the peer columns of the customer-value view.
+        value = pl.read_parquet(ws.feature_tables / table_file(VALUE_TABLE))
+        value = value.filter(pl.col(EVENT_TIMESTAMP) == latest[EVENT_TIMESTAMP].max()).drop(EVENT_TIMESTAMP)
+        latest = latest.join(value, on="customer_id", how="left").sort("customer_id")
         ids = latest["customer_id"].to_list()
         newest = latest[EVENT_TIMESTAMP][0]
         for fast in (True, False):

@@ -15,7 +15,15 @@ import pytest
 
 from crmdata.errors import CrmscoreError
 from crmdata.workspace import Workspace
-from features.catalog import EVENT_TIMESTAMP, FEATURES, VIEW_NAMES, VIEW_TTL, table_file
+from features.catalog import (
+    EVENT_TIMESTAMP,
+    FEATURES,
+    PEER_FEATURES,
+    VALUE_TABLE,
+    VIEW_NAMES,
+    VIEW_TTL,
+    table_file,
+)
 from features.online import read_online
 from features.store import (
     Profile,
@@ -40,7 +48,7 @@ def latest_offline(fw: FeatureWorkspace, entity: str) -> pd.DataFrame:
 def test_services_and_types_are_registered(feature_workspace: FeatureWorkspace) -> None:
     store = feature_workspace.store
     services = {s.name for s in store.list_feature_services()}
-    assert services == {"churn_v1", "lead_scoring_v1", "next_best_product_v1"}
+    assert services == {"churn_v1", "lead_scoring_v1", "next_best_product_v1", "customer_value"}
     for entity, specs in FEATURES.items():
         view = store.get_feature_view(VIEW_NAMES[entity])
         types = {f.name: str(f.dtype) for f in view.features}
@@ -51,6 +59,9 @@ def test_services_and_types_are_registered(feature_workspace: FeatureWorkspace) 
     assert customer["attr_tier"] == "String" and customer["attr_credit"] == "Float64"
     churn = service_features(store.get_feature_service("churn_v1"))
     assert "attr_tier" in churn and "orders_30d" in churn
+    assert set(PEER_FEATURES) <= set(churn) and "rfm_segment" not in churn
+    value = store.get_feature_service("customer_value")
+    assert [p.name for p in value.feature_view_projections] == ["customer_features", "customer_value"]
     lead = service_features(store.get_feature_service("lead_scoring_v1"))
     assert "attr_score" in lead
     assert {"lead_status", "lead_closed_at"} <= set(lead)  # one online read: features and status
@@ -67,7 +78,7 @@ def test_repository_objects_are_retargeted_copies(tmp_path: Path) -> None:
     paths = sorted(
         o.path for o in objects if type(o).__name__ == "FileSource" and o.tags.get("table") != "scores"
     )
-    assert paths == sorted(str(tmp_path / table_file(e)) for e in ("customer", "lead", "product"))
+    assert paths == sorted(str(tmp_path / table_file(e)) for e in ("customer", "lead", "product", VALUE_TABLE))
     views = [o for o in objects if type(o).__name__ == "FeatureView"]
     assert all(
         v.batch_source.path.startswith(str(tmp_path)) for v in views if v.batch_source.tags.get("table") != "scores"
@@ -78,9 +89,11 @@ def test_repository_objects_are_retargeted_copies(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "sdk"])
 def test_online_equals_latest_offline(feature_workspace: FeatureWorkspace, fast: bool) -> None:
     fw = feature_workspace
-    for service, entity in (("churn_v1", "customer"), ("lead_scoring_v1", "lead")):
+    for service, entity in (("churn_v1", "customer"), ("lead_scoring_v1", "lead"), ("customer_value", "customer")):
         offline = latest_offline(fw, entity)
         key = offline.columns[0]
+        if entity == "customer":  # churn and customer value also read the value view
+            offline = offline.merge(latest_offline(fw, VALUE_TABLE).drop(columns=[EVENT_TIMESTAMP]), on=key)
         ids = sorted(offline[key])
         result = read_online(fw.store, service, ids, fast=fast)
         online = online_frame(result).set_index(key)
@@ -208,7 +221,7 @@ def test_feast_cli_applies_the_repository(feature_workspace: FeatureWorkspace) -
     assert done.returncode == 0, done.stderr[-2000:]
     fw.store.refresh_registry()
     services = {s.name for s in fw.store.list_feature_services()}
-    assert services == {"churn_v1", "lead_scoring_v1", "next_best_product_v1"}
+    assert services == {"churn_v1", "lead_scoring_v1", "next_best_product_v1", "customer_value"}
     assert read_online(fw.store, "churn_v1", ["C1"]).freshness["customer_features"].found == [True]
 
 
@@ -232,7 +245,9 @@ def tricky_workspace(root: Path, customers: int = 400, seed: int = 7) -> Workspa
     floats = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-300, 123.456, None]
     ints = [0, -1, 2**62, -(2**62), 7, None]
     strings = ["", "a", "gold", "Zürich ☃", "b" * 300, None]
-    for entity, key, n in (("customer", "customer_id", customers), ("lead", "lead_id", 30), ("product", "product_id", 30)):
+    tables = (("customer", "customer_id", customers), ("lead", "lead_id", 30), ("product", "product_id", 30),
+              (VALUE_TABLE, "customer_id", customers))
+    for entity, key, n in tables:
         frames = []
         for s, snap in enumerate(snapshots):
             ids = [f"{entity[0].upper()}{i}" for i in range(n) if not (s == 2 and i % 7 == 0) and not (s == 1 and i % 5 == 0)]
