@@ -21,8 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from features import catalog
-from features.catalog import CHURN_SERVICE, JOIN_KEYS, LEAD_SERVICE, NBP_SERVICE, EntityName
+from features.catalog import (
+    CHURN_SERVICE,
+    JOIN_KEYS,
+    LEAD_SERVICE,
+    NBP_SERVICE,
+    VALUE_SERVICE,
+    EntityName,
+)
 from features.population import ActiveCustomers, OpenLeads, Population, SignedUpCustomers
 
 #: How a task's champion answers: a calibrated binary LightGBM model (probability,
@@ -125,9 +131,7 @@ VALUE = Task(
     key="clv",
     title="customer value",
     model_name="crm-customer-value",
-    # The customer_value service (features.catalog.VALUE_SERVICE) once the feature view lands;
-    # until then the customer features of the churn service.
-    feature_service=getattr(catalog, "VALUE_SERVICE", CHURN_SERVICE),
+    feature_service=VALUE_SERVICE,
     entity="customer",
     population=SignedUpCustomers(),
     label="spend in the H days after the cutoff (H: the horizon, --horizon)",

@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from features.catalog import VALUE_WINDOW
 from training.model import ModelSpec
 
-#: The run-rate columns the margin and the B tier read (features of the customer_value view).
-SPEND_365 = "value_spend_365"
-TICKETS_365 = "value_tickets_365"
-COMPLAINTS_365 = "value_complaints_365"
 #: Days the run-rate columns cover.
-RUN_RATE_DAYS = 365
+RUN_RATE_DAYS = VALUE_WINDOW
+#: The run-rate columns the margin and the B tier read (features of the customer_value view,
+#: named as features/catalog.py names them).
+SPEND_365 = f"value_spend_{VALUE_WINDOW}"
+TICKETS_365 = f"value_tickets_{VALUE_WINDOW}"
+COMPLAINTS_365 = f"value_complaints_{VALUE_WINDOW}"
 
 Kind = Literal["tweedie", "two_part"]
 

@@ -40,8 +40,9 @@ from crmdata.lake import last_event, read_table
 from crmdata.times import as_utc
 from crmdata.truth import EXPECTED_SPEND, HORIZON_DAYS, read_value_truth
 from crmdata.workspace import Workspace
-from features.catalog import EVENT_TIMESTAMP
+from features.catalog import EVENT_TIMESTAMP, PEER_HORIZON_DAYS
 from features.labels import value_labels
+from features.peer import EXPECTED_SPEND as PEER_SPEND
 from training.frames import (
     TIME_SPLIT_DATES,
     as_of_tag,
@@ -73,11 +74,6 @@ log = logging.getLogger(__name__)
 
 LABEL = "label"
 CUTOFF = EVENT_TIMESTAMP
-#: The peer's expected spend (a feature) and the horizon it is computed over.
-PEER_SPEND = "peer_expected_spend"
-PEER_HORIZON_DAYS = 365
-#: Before the customer_value view lands, the churn service's 365-day revenue is the run-rate.
-FALLBACK_SPEND_365 = "revenue_365d"
 
 #: Fewest customers with two or more orders a value model is trained on.
 MIN_REPEAT_CUSTOMERS = 100
@@ -257,7 +253,6 @@ def peer_summary(lake: Path, end: datetime) -> pl.DataFrame:
 def peer_expected_spend(lake: Path, end: datetime, horizons: tuple[int, ...]) -> tuple[pl.DataFrame, Any]:
     """The peer (BG/NBD + Gamma-Gamma by MAP on the orders before ``end``): each customer's expected
     spend over each horizon (columns ``spend_<days>``), and the fit."""
-    from features.peer import EXPECTED_SPEND as PEER_EXPECTED_SPEND
     from features.peer import PeerUnfit, fit_peer, predict_peer
 
     summary = peer_summary(lake, end)
@@ -266,7 +261,7 @@ def peer_expected_spend(lake: Path, end: datetime, horizons: tuple[int, ...]) ->
         fit = fit_peer(*arrays)
     except PeerUnfit as why:
         raise CrmscoreError(f"orders: the BG/NBD + Gamma-Gamma peer does not fit at {end:%Y-%m-%d} ({why})") from None
-    spend = {f"spend_{h}": predict_peer(fit, *arrays, horizon=h)[PEER_EXPECTED_SPEND] for h in horizons}
+    spend = {f"spend_{h}": predict_peer(fit, *arrays, horizon=h)[PEER_SPEND] for h in horizons}
     return summary.select("customer_id").with_columns(pl.Series(k, v) for k, v in spend.items()), fit
 
 
@@ -344,9 +339,8 @@ def oracle_spend(frame: pd.DataFrame, truth: pd.DataFrame | None, key: str) -> n
 
 
 def spend_365(frame: pd.DataFrame) -> np.ndarray:
-    """Last year's spend (the run-rate column, or the churn service's 365-day revenue before it exists)."""
-    name = SPEND_365 if SPEND_365 in frame.columns else FALLBACK_SPEND_365
-    return column(frame, name).fillna(0.0).to_numpy(dtype=float)
+    """Last year's spend (the run-rate column; 0 when missing)."""
+    return column(frame, SPEND_365).fillna(0.0).to_numpy(dtype=float)
 
 
 def past_spend_rule(frame: pd.DataFrame, horizon_days: int) -> np.ndarray:
