@@ -381,7 +381,8 @@ def main() -> None:
                       + [f"| {r.what} | {r.measured} | {r.goal} | {'—' if r.met is None else 'yes' if r.met else '**no**'} |"
                          for r in rows])
     body = (f"`bench/bench_serving.py` (`.venv/bin/python bench/bench_serving.py --customers {args.customers} "
-            f"--seconds {args.seconds:.0f}{' --redis' if args.redis else ''} --write`), {header}. Both servers "
+            f"--seconds {args.seconds:.0f}{' --redis' if args.redis else ''}"
+            f"{' --value-only' if args.value_only else ' --write'}`), {header}. Both servers "
             "(1 worker each) and the client run on this machine; the echo is a bare BentoML service with the "
             "same request schema (no key check, no model), measured in the same run, interleaved in rounds.\n\n"
             + table + "\n\nWhere the time goes per stage, and what was tried for batch 100: docs/serving.md, "
