@@ -1,4 +1,4 @@
-"""Rolling-origin backtests: ``crmscore backtest churn|lead|nbp``.
+"""Rolling-origin backtests: ``crmscore backtest churn|lead|nbp|clv``.
 
 One fold per origin T: the task's trainer runs as of T (only what was observable
 at T: label windows that end by T, features from events before each cutoff), the
@@ -11,6 +11,10 @@ and used on date T.
 - The recommender (nbp) is given the orders before T, ranks products for the
   customers with an order before T, and is judged by NDCG@10 and hit rate@10 on
   what they bought in the window, against the products most bought before T.
+- Customer value (clv) scores the customers signed up before T through the value
+  feature service and is judged on what each spent in [T, T + H): normalized Gini,
+  decile MAPE, total error and the interval's coverage, against the past-spend rule
+  (and the probabilistic peer when its feature is there).
 
 An origin the trainer refuses (too little history before it, a window with one
 class, ...: a ``CrmscoreError``) is a skipped fold with its one-line reason; the
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
@@ -42,6 +47,9 @@ from crmdata.times import as_utc
 from crmdata.workspace import Workspace
 from pipelines.train import train_task
 from training.tasks import Task
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,14 @@ class Fold(BaseModel):
     popularity_ndcg_at_10: float | None = None
     hit_rate_at_10: float | None = None
     popularity_hit_rate_at_10: float | None = None
+    # customer value
+    normalized_gini: float | None = None
+    decile_mape: float | None = None
+    total_error: float | None = None
+    coverage: float | None = None
+    """The share of customers whose spend lies in the model's interval (nominally 80%)."""
+    rule_gini: float | None = None
+    peer_gini: float | None = None
     run_id: str | None = None
     seconds: float
     skipped: str | None = None
@@ -91,17 +107,25 @@ RANKING_COLUMNS = (
     Column("popularity_ndcg_at_10", "popular NDCG@10", ".4f"), Column("hit_rate_at_10", "hit@10", ".4f"),
     Column("popularity_hit_rate_at_10", "popular hit@10", ".4f"),
 )
+VALUE_COLUMNS = (
+    Column("rows", "rows", ",d"), Column("normalized_gini", "Gini", ".4f"), Column("decile_mape", "dec.MAPE", ".3f"),
+    Column("total_error", "total err", "+.3f"), Column("coverage", "coverage", ".3f"),
+    Column("rule_gini", "rule Gini", ".4f"), Column("peer_gini", "peer Gini", ".4f"),
+)
+COLUMNS = {"binary": BINARY_COLUMNS, "recommender": RANKING_COLUMNS, "value": VALUE_COLUMNS}
 WIDE_COLUMNS = (Column("seconds", "fold s", ".0f", wide_only=True), Column("run_id", "fold run", "s", wide_only=True))
 #: What the plot draws, per kind: field → label.
 PLOTTED = {"binary": {"roc_auc": "ROC-AUC", "baseline_roc_auc": "rule ROC-AUC", "pr_auc": "PR-AUC"},
            "recommender": {"ndcg_at_10": "NDCG@10", "popularity_ndcg_at_10": "popularity NDCG@10",
-                           "hit_rate_at_10": "hit rate@10"}}
+                           "hit_rate_at_10": "hit rate@10"},
+           "value": {"normalized_gini": "normalized Gini", "rule_gini": "past-spend rule Gini",
+                     "peer_gini": "peer Gini", "coverage": "interval coverage"}}
 
 
 class Backtest(BaseModel):
     task: str
     kind: str
-    """``binary`` or ``recommender`` (which metrics the folds carry)."""
+    """``binary``, ``recommender`` or ``value`` (which metrics the folds carry)."""
     window_days: int
     every_days: int
     folds: list[Fold]
@@ -120,8 +144,7 @@ class Backtest(BaseModel):
                  f"{f' ({skipped} skipped)' if skipped else ''}, {self.window_days}-day windows")
         grid = RichTable(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                          collapse_padding=True)
-        columns = BINARY_COLUMNS if self.kind == "binary" else RANKING_COLUMNS
-        columns += WIDE_COLUMNS if wide else ()
+        columns = COLUMNS[self.kind] + (WIDE_COLUMNS if wide else ())
         grid.add_column("origin", no_wrap=True)
         for c in columns:
             grid.add_column(c.header, justify="left" if c.field == "run_id" else "right", no_wrap=True)
@@ -223,6 +246,43 @@ def _ranking_fold(ws: Workspace, task: Task, origin: datetime, window: int) -> F
                 seconds=round(time.perf_counter() - started, 1))
 
 
+def value_fold_metrics(actual: np.ndarray, predicted: pd.DataFrame, frame: pd.DataFrame,
+                       horizon_days: int) -> dict[str, float]:
+    """A customer-value fold's metrics: the model's (``predicted``: ``ValueModel.predict`` of
+    ``frame``) on the spend over the horizon, the past-spend rule's Gini and, when the frame has
+    the peer's feature, the peer's — the comparators exactly as training judges them."""
+    from training.value.metrics import evaluate_value, normalized_gini
+    from training.value.train import past_spend_rule, peer_spend
+
+    actual = np.asarray(actual, dtype=float)
+    if not actual.sum() > 0:
+        raise CrmscoreError(f"orders: the {horizon_days} days after the origin have no spend "
+                            f"({len(actual)} customers)")
+    model = evaluate_value(actual, predicted["clv"].to_numpy(), predicted["clv_low"].to_numpy(),
+                           predicted["clv_high"].to_numpy())
+    peer = peer_spend(frame, horizon_days)
+    return {"rows": len(actual), **{k: model[k] for k in ("normalized_gini", "decile_mape", "total_error",
+                                                          "coverage")},
+            "rule_gini": normalized_gini(actual, past_spend_rule(frame, horizon_days)),
+            **({} if peer is None else {"peer_gini": normalized_gini(actual, peer)})}
+
+
+def _value_fold(ws: Workspace, task: Task, origin: datetime, horizon: int, profile: str) -> Fold:
+    """Train customer value as of the origin, score the customers signed up before it, judge
+    their spend in the horizon after it."""
+    from features.labels import value_labels
+    from training.frames import ensure_snapshots, labelled_frame
+    from training.value.scorer import load_run_value_model
+
+    started = time.perf_counter()
+    trained = train_task(ws, task, as_of=origin, window_days=horizon, profile=profile, register=False)
+    model = load_run_value_model(trained.run_id)
+    ensure_snapshots(ws, [origin])
+    frame = labelled_frame(ws, task.feature_service, value_labels(ws.lake, [origin], window_days=horizon), profile)
+    metrics = value_fold_metrics(frame["label"].to_numpy(dtype=float), model.predict(frame), frame, horizon)
+    return Fold(origin=origin, **metrics, run_id=trained.run_id, seconds=round(time.perf_counter() - started, 1))
+
+
 def backtest(ws: Workspace, task: Task, start: datetime | None = None, end: datetime | None = None,
              every: timedelta = timedelta(days=30), window_days: int | None = None,
              profile: str = "local") -> Backtest:
@@ -244,6 +304,8 @@ def backtest(ws: Workspace, task: Task, start: datetime | None = None, end: date
     def run(origin: datetime) -> Fold:
         if task.scorer == "recommender":
             return _ranking_fold(ws, task, origin, window)
+        if task.scorer == "value":
+            return _value_fold(ws, task, origin, window, profile)
         return _binary_fold(ws, task, origin, window, profile)
 
     started = time.perf_counter()
@@ -273,6 +335,8 @@ def backtest(ws: Workspace, task: Task, start: datetime | None = None, end: date
         figure, axes = plt.subplots(figsize=(8, 4))
         dates = [f.origin for f in result.ran]
         for name, label in plotted.items():
+            if all(getattr(f, name) is None for f in result.ran):
+                continue  # e.g. the peer's Gini when the frames had no peer feature
             axes.plot(dates, [getattr(f, name) for f in result.ran], marker="o", label=label)
         axes.set_title(f"{task.key}: metrics by origin ({window}-day windows)")
         axes.legend()

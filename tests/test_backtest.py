@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from rich.console import Console
 
@@ -288,3 +290,92 @@ def test_a_recommender_that_knows_tastes_beats_popularity_at_the_origin(tmp_path
     assert got["rows"] == 80  # 40 A-buyers and 40 B-buyers bought in the window; LATE had no order before it
     assert got["hit_rate_at_10"] == got["popularity_hit_rate_at_10"] == 1.0  # 6 products: all in any top 10
     assert got["ndcg_at_10"] > got["popularity_ndcg_at_10"] + 0.1
+
+
+# --- customer value: the fold's metrics on hand-built frames, the fold on the trained world ------
+
+H = 73  # a fifth of the rule's 365 days
+
+
+def value_frames(peer: bool) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Ten customers: the model orders them exactly (clv = spend + 1), last year's spend exactly
+    backwards, and the peer (when there) cannot tell them apart."""
+    from features.peer import EXPECTED_SPEND
+    from training.value.spec import SPEND_365
+
+    actual = np.array([0, 0, 0, 0, 0, 10, 10, 20, 20, 40], dtype=float)
+    frame = pd.DataFrame({SPEND_365: 100.0 - actual, **({EXPECTED_SPEND: np.ones(10)} if peer else {})})
+    predicted = pd.DataFrame({"clv": actual + 1, "clv_low": np.zeros(10), "clv_high": np.full(10, 15.0)})
+    return actual, predicted, frame
+
+
+def test_a_value_fold_is_judged_like_training_judges_its_holdout() -> None:
+    from pipelines.backtest import value_fold_metrics
+
+    got = value_fold_metrics(*value_frames(peer=True), H)
+    assert set(got) == {"rows", "normalized_gini", "decile_mape", "total_error", "coverage", "rule_gini",
+                        "peer_gini"}
+    assert got["rows"] == 10
+    assert got["normalized_gini"] == pytest.approx(1.0, abs=1e-12)
+    # One customer per decile; the five who spent: |11-10|/10, |11-10|/10, 1/20, 1/20, 1/40.
+    assert got["decile_mape"] == pytest.approx((0.1 + 0.1 + 0.05 + 0.05 + 0.025) / 5, abs=1e-12)
+    assert got["total_error"] == pytest.approx(110 / 100 - 1, abs=1e-12)
+    assert got["coverage"] == 0.7  # spend ≤ 15: the five at 0 and the two at 10
+    assert got["rule_gini"] == pytest.approx(-1.0, abs=1e-12)  # exactly backwards
+    assert got["peer_gini"] == pytest.approx(0.0, abs=1e-12)  # one tie group: no better than random
+
+    assert "peer_gini" not in value_fold_metrics(*value_frames(peer=False), H)
+    _, predicted, frame = value_frames(peer=False)
+    with pytest.raises(CrmscoreError, match=r"^orders: the 73 days after the origin have no spend \(10 customers\)$"):
+        value_fold_metrics(np.zeros(10), predicted, frame, H)
+
+
+def test_a_value_table_fits_80_columns() -> None:
+    fold = Fold(origin=day(3), rows=123_456, normalized_gini=0.6123, decile_mape=0.123, total_error=-0.045,
+                coverage=0.812, rule_gini=0.5012, peer_gini=0.5534, run_id="r" * 32, seconds=95.0)
+    result = Backtest(task="clv", kind="value", window_days=365, every_days=30, parent_run_id="p", seconds=3.0,
+                      folds=[Fold(origin=day(1), seconds=0.1, skipped=TOO_EARLY), fold])
+    narrow = printed(result.render(), 200)
+    assert max(map(len, narrow)) <= 80
+    assert [line.split() for line in narrow if line.startswith("2024-01-03")] == [
+        ["2024-01-03", "123,456", "0.6123", "0.123", "-0.045", "0.812", "0.5012", "0.5534"]]
+    wide = printed(result.render(wide=True), 300)
+    assert next(line for line in wide if line.startswith("2024-01-03")).split()[-2:] == ["95", "r" * 32]
+
+
+@pytest.mark.slow
+def test_a_clv_fold_trains_as_of_its_origin_registers_nothing_and_is_judged_on_the_spend_after(
+        ws: Workspace) -> None:
+    from crmdata.lake import event_span
+    from features.labels import value_labels
+    from pipelines.backtest import backtest
+    from training.registry import configure_mlflow
+    from training.tasks import VALUE
+
+    client = configure_mlflow()
+    name = f"name='{VALUE.model_name}'"
+    versions = {v.version for v in client.search_model_versions(name)}
+    first, last = event_span(ws.lake)
+    origin = last - timedelta(days=365)
+    early = first + timedelta(days=400)  # no 365-day window ends a year before it: the trainer refuses
+    result = backtest(ws, VALUE, start=early, end=origin, every=origin - early)
+
+    assert {v.version for v in client.search_model_versions(name)} == versions
+    skipped, fold = result.folds
+    assert result.kind == "value" and result.window_days == 365
+    assert skipped.origin == early and skipped.run_id is None and skipped.normalized_gini is None
+    assert skipped.skipped is not None and skipped.skipped.startswith("orders: need ≥ 3 cutoffs"), skipped.skipped
+    assert result.ran == [fold] and fold.origin == origin and fold.roc_auc is None
+    assert fold.rows == value_labels(ws.lake, [origin], window_days=365).height
+    values = [fold.normalized_gini, fold.decile_mape, fold.total_error, fold.coverage, fold.rule_gini]
+    assert all(math.isfinite(v) for v in values), values
+    assert 0 < fold.normalized_gini <= 1 and 0 < fold.coverage <= 1 and fold.decile_mape >= 0
+    run = client.get_run(fold.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert run.data.tags["trained_as_of"] == f"{origin:%Y-%m-%d}"
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["backtest"] == "true" and parent.data.tags["task"] == "clv"
+    assert parent.data.metrics["normalized_gini"] == fold.normalized_gini
+    assert parent.data.metrics["rule_gini"] == fold.rule_gini
+    assert parent.data.tags[f"skipped.{early:%Y-%m-%d}"] == skipped.skipped
+    assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"backtest.json", "plots"}

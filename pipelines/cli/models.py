@@ -68,7 +68,7 @@ def train(
 @app.command()
 @handle_errors
 def backtest(
-    target: Annotated[TaskKey, typer.Argument(help="The task to backtest (churn, lead or nbp).")],
+    target: Annotated[TaskKey, typer.Argument(help="The task to backtest (churn, lead, nbp or clv).")],
     start: Annotated[str | None, typer.Option("--from", help="Oldest origin, YYYY-MM-DD (default: 6 folds).")] = None,
     end: Annotated[str | None, typer.Option(
         "--to", help="Newest origin, YYYY-MM-DD (default: the newest whose window the data covers).")] = None,
@@ -83,8 +83,9 @@ def backtest(
 ) -> None:
     """Rolling-origin backtest: train as of each origin, use the model there, judge the window after it.
 
-    An origin the trainer refuses (too little history before it) is a skipped fold with
-    its reason; the command fails only if no fold ran.
+    Customer value (clv) is judged on each customer's spend in the --horizon days after
+    the origin. An origin the trainer refuses (too little history before it) is a skipped
+    fold with its reason; the command fails only if no fold ran.
     """
     from features.grid import parse_every
     from pipelines.backtest import backtest as run_backtest
