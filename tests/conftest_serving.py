@@ -105,6 +105,56 @@ def _label_logit(entity: str, frame: pd.DataFrame) -> np.ndarray:
     return -2.0 + 0.3 * _col(frame, "activities_30d", 0) + 0.4 * _col(frame, "job_seniority_rank", 0)
 
 
+def _train_value(ws: Workspace) -> None:
+    """A customer-value champion over the real value service: tweedie and quantile boosters
+    fitted on the newest snapshot, spend drawn from a known function of the features (as for
+    churn and leads, serving needs real boosters, not a good model), registered and promoted."""
+    import lightgbm as lgb
+    import mlflow
+    from mlflow import MlflowClient
+
+    from features.catalog import VALUE_TABLE, table_file
+    from training.encoding import Encoder
+    from training.model import ModelSpec, fit_categories
+    from training.registry import configure_mlflow, ensure_experiment, promote
+    from training.tasks import VALUE
+    from training.value.scorer import save_value_files
+    from training.value.spec import TierThresholds, ValueSettings, ValueSpec
+    from training.value.tiers import fit_thresholds
+
+    frames = []
+    for table in ("customer", VALUE_TABLE):
+        frame = pd.read_parquet(ws.feature_tables / table_file(table))
+        frames.append(frame[frame["event_timestamp"] == frame["event_timestamp"].max()].drop(columns="event_timestamp"))
+    frame = frames[0].merge(frames[1], on=VALUE.key_column).reset_index(drop=True)
+    features = ["rfm_frequency", "rfm_monetary", "peer_expected_spend", "value_spend_365", "value_tickets_365",
+                "value_complaints_365", "rfm_segment", "logins_30d", "tickets_90d"]
+    rng = np.random.default_rng(5)
+    spend = _col(frame, "value_spend_365", 0)
+    y = np.where(rng.uniform(size=len(frame)) < 0.6, 0.9 * spend + rng.gamma(2.0, 15.0, len(frame)), 0.0)
+    spec = ModelSpec(task=VALUE.key, model_name=VALUE.model_name, feature_service=VALUE.feature_service,
+                     entity_key=VALUE.key_column, features=features,
+                     categories=fit_categories(frame, ["rfm_segment"]), label_window_days=VALUE.window_days)
+    x = Encoder.of(spec).frame(frame)
+    base = {"verbose": -1, "num_threads": 1, "min_data_in_leaf": 10, "seed": 1, "deterministic": True}
+    boosters = {role: lgb.train({**base, **params}, lgb.Dataset(x, y), 25) for role, params in (
+        ("clv", {"objective": "tweedie"}), ("low", {"objective": "quantile", "alpha": 0.1}),
+        ("high", {"objective": "quantile", "alpha": 0.9}))}
+    settings = ValueSettings()
+    value = ValueSpec(model=spec, settings=settings, kind="tweedie", conformal=2.5,
+                      thresholds=TierThresholds(a_threshold=0.0, median_clv=0.0))
+    value.thresholds = fit_thresholds(boosters["clv"].predict(x), settings)
+    client: MlflowClient = configure_mlflow()
+    files = ws.home / "value_model"
+    save_value_files(files, value, boosters)
+    with mlflow.start_run(experiment_id=ensure_experiment(client, VALUE.model_name)) as run:
+        mlflow.log_artifacts(str(files), "model")
+    client.create_registered_model(VALUE.model_name)
+    version = client.create_model_version(VALUE.model_name, source=f"{run.info.artifact_uri}/model",
+                                          run_id=run.info.run_id)
+    promote(client, VALUE.model_name, str(version.version), "serving tests: a hand-trained value model")
+
+
 def build_world(home: Path) -> None:
     """Generate, build, apply, materialize and train into ``home`` (MLflow under home/mlflow)."""
     from crmdata.synth import WorldConfig, generate_world
@@ -124,6 +174,7 @@ def build_world(home: Path) -> None:
     _train(ws, "churn", "segment")
     _train(ws, "lead", "source")
     train_nbp(ws.lake)
+    _train_value(ws)
 
 
 @pytest.fixture(scope="session")
