@@ -355,9 +355,11 @@ def test_a_clv_fold_trains_as_of_its_origin_registers_nothing_and_is_judged_on_t
     client = configure_mlflow()
     name = f"name='{VALUE.model_name}'"
     versions = {v.version for v in client.search_model_versions(name)}
-    first, last = event_span(ws.lake)
+    _, last = event_span(ws.lake)
     origin = last - timedelta(days=365)
-    early = first + timedelta(days=400)  # no 365-day window ends a year before it: the trainer refuses
+    # Orders from 2022-01-01, value-truth cutoffs from 2022-07-02: none has its year observed by
+    # two years before the newest origin, so the trainer refuses that origin.
+    early = origin - timedelta(days=730)
     result = backtest(ws, VALUE, start=early, end=origin, every=origin - early)
 
     assert {v.version for v in client.search_model_versions(name)} == versions
