@@ -107,7 +107,8 @@ def backtest(
         console.print(table)
         for note in result.notes():
             console.print(note, soft_wrap=False, markup=False, highlight=False)
-    console.print(f"MLflow parent run {result.parent_run_id}: {len(result.ran)} nested fold runs, "
+    # Two lines: a run id is 32 characters, and the summary stays within 80 columns.
+    console.print(f"MLflow parent run {result.parent_run_id}:\n{len(result.ran)} nested fold runs, "
                   f"{len(result.folds) - len(result.ran)} skipped, {result.seconds:.0f} s")
 
 
