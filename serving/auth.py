@@ -68,6 +68,12 @@ Scope = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[MutableMappin
 class KeyScope(StrEnum):
     SCORE = "score"
     ADMIN = "admin"
+    #: GET /report only (the CRM report page); an admin key may read it too.
+    REPORT = "report"
+
+
+#: GET paths behind a key, and the scope each needs besides admin (serving/report.py).
+KEYED_GET_PATHS: dict[str, KeyScope] = {"/report": KeyScope.REPORT}
 
 
 def hash_key(key: str) -> str:
@@ -194,6 +200,8 @@ def required_scope(path: str) -> KeyScope | None:
     """None for open paths, else the scope a key needs."""
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return None
+    if path in KEYED_GET_PATHS:
+        return KEYED_GET_PATHS[path]
     return KeyScope.ADMIN if path.startswith(ADMIN_PREFIX) else KeyScope.SCORE
 
 
@@ -226,7 +234,8 @@ class ApiGuard:
         if path.startswith(OPEN_PREFIXES):  # the docs UI's files
             await self.app(scope, receive, send)
             return
-        allowed = OPEN_METHODS if path in OPEN_PATHS else frozenset({"POST"}) if path in self.routes else None
+        allowed = (OPEN_METHODS if path in OPEN_PATHS or path in KEYED_GET_PATHS
+                   else frozenset({"POST"}) if path in self.routes else None)
         if allowed is None:
             await _reply(send, 404, "no such endpoint; see /docs.json")
             return
@@ -258,6 +267,10 @@ class ApiGuard:
         if needed == KeyScope.ADMIN and granted != KeyScope.ADMIN:
             log.info("403 %s: a %s key on an admin path", path, granted.value)
             await _reply(send, 403, f"this key has scope '{granted.value}'; {path} needs 'admin'")
+            return
+        if granted not in (needed, KeyScope.ADMIN):
+            log.info("403 %s: a %s key on a %s path", path, granted.value, needed.value)
+            await _reply(send, 403, f"this key has scope '{granted.value}'; {path} needs '{needed.value}' or 'admin'")
             return
         if scope.get("method") == "POST":
             media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()

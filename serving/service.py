@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse
 
 from serving import protocol
 from serving.auth import ApiGuard, escape
+from serving.report import ReportEndpoint
 from serving.schemas import (
     ChurnRiskRequest,
     ChurnRiskResponse,
@@ -227,3 +228,5 @@ class CrmScoring:
 # everything else to the guard.
 CrmScoring.add_asgi_middleware(ServiceEndpoints)
 CrmScoring.add_asgi_middleware(ApiGuard)
+# Added after the guard, so it sits inside it: GET /report is answered only once the key is checked.
+CrmScoring.add_asgi_middleware(ReportEndpoint)

@@ -38,14 +38,14 @@ READY_TIMEOUT_SECONDS = 180.0
 @keys_app.command("create")
 @handle_errors
 def keys_create(
-    scope: Annotated[str, typer.Option(help="score: the scoring endpoints; admin: also /admin/*.")] = "score",
+    scope: Annotated[str, typer.Option(help="score: the scoring endpoints; report: GET /report only; admin: all of it, /admin/* too.")] = "score",
     note: Annotated[str, typer.Option(help="Who or what the key is for (stored with the hash).")] = "",
 ) -> None:
     """Create an API key: printed once, only its hash is stored (HOME/keys or $CRMSCORE_KEYS_FILE)."""
     try:
         chosen = KeyScope(scope)
     except ValueError:
-        raise CrmscoreError(f"--scope {scope!r}: expected score or admin") from None
+        raise CrmscoreError(f"--scope {scope!r}: expected score, report or admin") from None
     path = keys_file(workspace().keys)
     key, row = create_key(path, chosen, note)
     # The key goes to stdout alone (scripts capture it); the explanation to stderr.
@@ -62,7 +62,7 @@ def keys_list() -> None:
     if not rows:
         console.print(f"no keys in {path}: run `crmscore keys create --scope score`")
     for r in rows:
-        console.print(f"{r.id}  {r.scope.value:<5}  {r.created_at}  {r.note}")
+        console.print(f"{r.id}  {r.scope.value:<6}  {r.created_at}  {r.note}")
 
 
 @app.command()
