@@ -317,8 +317,10 @@ def test_score_all_skips_what_has_no_champion(ws: Workspace, monkeypatch: pytest
     result = CliRunner().invoke(app, ["score", "all", "--reasons", "none", "--no-drift", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout[result.stdout.index("{"):])
-    assert [r["task"] for r in out["runs"]] == ["churn", "lead", "nbp"]
-    assert "skipped" in out["runs"][2] and out["rows"] == sum(r.get("rows", 0) for r in out["runs"])
+    runs = {r["task"]: r for r in out["runs"]}
+    assert list(runs) == list(TASKS)  # every task, in the registry's order
+    assert "skipped" in runs["nbp"] and "skipped" not in runs["churn"]
+    assert out["rows"] == sum(r.get("rows", 0) for r in out["runs"])
 
 
 def test_unknown_as_of_and_missing_scores_are_clear_errors(ws: Workspace) -> None:

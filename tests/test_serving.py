@@ -29,6 +29,7 @@ class Http:
     client: Any  # starlette TestClient over CrmScoring.to_asgi()
     score_key: str
     admin_key: str
+    report_key: str
 
     def post(self, path: str, body: Any = None, key: str | None = "score", **kw: Any) -> Any:
         headers = kw.pop("headers", {})
@@ -54,10 +55,11 @@ def http(serving_world: ServingWorld, tmp_path_factory: pytest.TempPathFactory) 
     keys = tmp_path_factory.mktemp("keys") / "api_keys.json"
     score, _ = create_key(keys, "score")
     admin, _ = create_key(keys, "admin")
+    report, _ = create_key(keys, "report")
     with pytest.MonkeyPatch.context() as mp:
         _env(mp, serving_world, keys)
         with TestClient(CrmScoring.to_asgi()) as client:
-            yield Http(client, score, admin)
+            yield Http(client, score, admin, report)
 
 
 # --- the three questions ------------------------------------------------------------------
@@ -236,11 +238,40 @@ def test_security_status_codes_and_open_endpoints(http: Http) -> None:
     assert {"/churn_risk", "/lead_score", "/next_best_products"} <= set(docs["paths"])
 
 
+def test_report_page_needs_a_report_or_admin_key(http: Http, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /report through the whole service: the guard checks the key before the page is read."""
+    from crmdata.workspace import Workspace
+    from serving.report import NO_REPORT, latest_html
+
+    report_key = http.report_key
+    def get(key: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return http.client.get("/report", headers=headers)
+
+    # The page is read from the workspace per request: point it at an empty one.
+    monkeypatch.setenv("CRMSCORE_HOME", str(tmp_path))
+    assert get(None).status_code == 401
+    assert get(http.score_key).status_code == 403
+    missing = get(report_key)
+    assert missing.status_code == 404 and missing.json() == {"error": NO_REPORT, "detail": None}
+    page = latest_html(Workspace(tmp_path))
+    page.parent.mkdir(parents=True)
+    page.write_text("<html><body>the report</body></html>")
+    for key in (report_key, http.admin_key):
+        response = get(key)
+        assert response.status_code == 200 and "the report" in response.text
+    # A report key opens nothing else.
+    assert http.client.post("/churn_risk", json={"customer_ids": ["C1"]},
+                            headers={"Authorization": f"Bearer {report_key}"}).status_code == 403
+    assert http.client.post("/report", headers={"Authorization": f"Bearer {report_key}"}).status_code == 405
+
+
 def test_admin_models_lists_what_is_served(http: Http) -> None:
     models = http.post("/admin/models", key="admin").json()["models"]
     assert {(m["name"], m["version"], m["alias"]) for m in models} == {
         ("crm-churn", "1", "champion"), ("crm-lead-scoring", "1", "champion"),
-        ("crm-next-best-product", "1", "champion")}
+        ("crm-next-best-product", "1", "champion"), ("crm-customer-value", "1", "champion")}
 
 
 # --- the request path matches Feast and the model -------------------------------------------
