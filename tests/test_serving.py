@@ -230,9 +230,12 @@ def test_security_status_codes_and_open_endpoints(http: Http) -> None:
     pickle = http.client.post("/churn_risk", content=b"\x80\x04K\x01.", headers={
         "Authorization": f"Bearer {http.score_key}", "Content-Type": "application/vnd.bentoml+pickle"})
     assert pickle.status_code == 415
-    for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
+    for path in ("/healthz", "/livez", "/metrics", "/docs.json"):
         response = http.client.get(path)
         assert response.status_code == 200, (path, response.text)
+    # Readiness is the prober's live verdict (a store read within its deadline, every 0.5 s): on a
+    # loaded machine one probe can miss, and the next one says ready again.
+    assert _readyz_within(http, 200, seconds=10.0) == {"ready": True, "reasons": []}
     # (the metrics' content needs the server's multiprocess registry: test_serving_e2e.py checks it)
     docs = http.client.get("/docs.json").json()
     assert {"/churn_risk", "/lead_score", "/next_best_products"} <= set(docs["paths"])
