@@ -149,15 +149,9 @@ def save_model_files(directory: Path, booster: lgb.Booster, calibrator: Calibrat
 def load_model(name: str, alias: str | None = CHAMPION, version: str | None = None,
                client: MlflowClient | None = None) -> ScoringModel:
     """Load a registered version by alias (default champion) or by number."""
-    from training.registry import configure_mlflow
+    from training.registry import configure_mlflow, download_version
 
-    client = client or configure_mlflow()
-    try:
-        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        wanted = f"version {version}" if version else f"alias @{alias}"
-        raise CrmscoreError(f"{name} has no {wanted}; train one with `crmscore train`") from None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}"))
+    local, mv = download_version(name, alias, version, client or configure_mlflow())
     model = _from_files(local, name, str(mv.version), alias if not version else None, mv.run_id,
                         f"{name} version {mv.version}")
     log.info("loaded %s version %s (%s)", name, model.version, alias or "by number")

@@ -94,6 +94,17 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         return None  # no such model or no such alias: both mean "none yet"
 
 
+def download_version(name: str, alias: str | None, version: str | None, client: MlflowClient,
+                     train_hint: str = "`crmscore train`") -> tuple[Path, ModelVersion]:
+    """A registered version's artifacts on local disk: by number, else by alias (one error when absent)."""
+    try:
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        wanted = f"version {version}" if version else f"alias @{alias}"
+        raise CrmscoreError(f"{name} has no {wanted}; train one with {train_hint}") from None
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}")), mv
+
+
 def promote(client: MlflowClient, name: str, version: str, reason: str, by: str = "person") -> None:
     """Make ``version`` the champion, recording who decided and why."""
     try:

@@ -173,18 +173,10 @@ def read_value_files(directory: Path, name: str = "", version: str = "", run_id:
 def load_value_model(name: str = VALUE.model_name, alias: str | None = "champion", version: str | None = None,
                      client: MlflowClient | None = None) -> ValueModel:
     """Load a registered version by alias (default champion) or by number."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from training.registry import configure_mlflow, download_version
 
-    from training.registry import configure_mlflow
-
-    client = client or configure_mlflow()
-    try:
-        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        wanted = f"version {version}" if version else f"alias @{alias}"
-        raise CrmscoreError(f"{name} has no {wanted}; train one with `crmscore train {VALUE.key}`") from None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}"))
+    local, mv = download_version(name, alias, version, client or configure_mlflow(),
+                                 train_hint=f"`crmscore train {VALUE.key}`")
     model = read_value_files(local, name, str(mv.version), mv.run_id, None if version else alias)
     log.info("loaded %s version %s (%s)", name, model.version, alias if not version else "by number")
     return model
