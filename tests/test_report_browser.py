@@ -7,6 +7,7 @@ skipped), naming the package to install.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from tests.test_report_lakes import (
 )
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-#: The issue's goal for opening the page; measured figures are printed (pytest -s) and in docs/report.md.
+#: The issue's goal for opening the page; measured figures are logged (pytest -o log_cli=true) and in docs/report.md.
 OPEN_GOAL_MS = 2000
 
 
@@ -83,8 +84,8 @@ def test_report_opens_in_chromium_with_every_chart_and_table(page_file: Path) ->
             flag = page.locator("section#monitor tr.flag td").first
             assert flag.evaluate("td => getComputedStyle(td).color") == "rgb(185, 28, 28)"
             assert page.locator("p.alert").count() == 1
-            print(f"\nreport page: load event {load_ms:.0f} ms, goto {wall_ms:.0f} ms "
-                  f"({page_file.stat().st_size / 1024:.0f} KiB)")
+            logging.getLogger(__name__).info("report page: load event %.0f ms, goto %.0f ms (%.0f KiB)",
+                                             load_ms, wall_ms, page_file.stat().st_size / 1024)
             assert load_ms < OPEN_GOAL_MS
         finally:
             browser.close()
