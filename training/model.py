@@ -114,14 +114,19 @@ class ScoringModel:
             {"probability": p, "score": score_1_99(p), "grade": self.grading.assign(p)}, index=frame.index
         )
 
+    def contributions(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Exact per-feature contributions to the raw margin (log-odds), rows × features (no bias column),
+        for the booster input ``x`` (already encoded)."""
+        return np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=threads))[:, :-1]
+
     def reasons(self, frame: pd.DataFrame, top: int = 3) -> list[dict[str, list[Reason]]]:
         """The top features pushing each score up and down (exact TreeSHAP, in log-odds).
 
-        LightGBM's ``pred_contrib`` gives per-feature contributions that sum, with
-        the bias term, to the raw margin; it is exact for trees, so no sampling.
+        The contributions sum, with the bias term, to the raw margin; TreeSHAP is
+        exact for trees, so no sampling.
         """
         x = self.encoder.frame(frame)
-        contrib = np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=1))[:, :-1]
+        contrib = self.contributions(x)
         values = frame[self.spec.features].to_numpy(dtype=object)
         return reason_lists(contrib, self.spec.features, lambda j, i: _plain(values[i, j]), top)
 
