@@ -77,22 +77,42 @@ def encode_keys(join_key: str, values: np.ndarray, value_type: Any, version: int
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
     from feast.type_map import python_values_to_proto_values
 
+    if value_type.name == "STRING" and version >= 3 and all(type(v) is str for v in values):
+        return _string_keys(join_key, values.tolist())
     return [
         serialize_entity_key(EntityKeyProto(join_keys=[join_key], entity_values=[p]), version)
         for p in python_values_to_proto_values(values, value_type)
     ]
 
 
+def _string_keys(join_key: str, ids: list[str]) -> list[bytes]:
+    """``serialize_entity_key`` (version 3) of one string join key, without a proto per
+    id: the join-key prefix, then the value's type, byte length and UTF-8 bytes (Feast's
+    ``_serialize_val``). A million keys take ~0.5 s instead of ~20 s."""
+    import struct
+
+    from feast.infra.key_encoding_utils import serialize_entity_key_prefix
+    from feast.protos.feast.types.Value_pb2 import ValueType
+
+    head = serialize_entity_key_prefix([join_key], 3) + struct.pack("<I", ValueType.STRING)
+    size = struct.Struct("<I").pack
+    return [head + size(len(b)) + b for b in map(str.encode, ids)]
+
+
 # --- values, written --------------------------------------------------------------------
 
 
-def encode_column(values: np.ndarray, value_type: Any, text: bool) -> tuple[list[bytes], list[Any] | None]:
+def encode_column(values: np.ndarray, value_type: Any, text: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Feast's serialized ValueProto (and, with ``text``, SQLite's ``value_text``) per
-    value of a column, converting each distinct value once with Feast's own helpers."""
+    value of a column, as object arrays: a float64 DOUBLE column is encoded directly
+    (``_encode_doubles``), any other converts each distinct value once with Feast's
+    own helpers."""
     import pandas as pd
     from feast.infra.online_stores.helpers import extract_text_and_num
     from feast.type_map import python_values_to_proto_values
 
+    if values.dtype == np.float64 and value_type.name == "DOUBLE":
+        return _encode_doubles(values, text)
     if values.dtype.kind == "f":  # by bit pattern: keeps -0.0 and NaN payloads apart
         codes, bits = pd.factorize(values.view(np.int64))
         uniques: list[Any] = list(bits.view(values.dtype))
@@ -141,12 +161,42 @@ def encode_column(values: np.ndarray, value_type: Any, text: bool) -> tuple[list
         strings = [extract_text_and_num(p, False)[0] for p in protos] if text else []
     lookup = np.empty(len(blobs), dtype=object)
     lookup[:] = blobs
-    serialized = lookup[codes].tolist()
+    serialized = lookup[codes]
     if not text:
         return serialized, None
     texts = np.empty(len(strings), dtype=object)
     texts[:] = strings
-    return serialized, texts[codes].tolist()
+    return serialized, texts[codes]
+
+
+#: A serialized ``ValueProto(double_val=x)``: the tag of field 5 with wire type 1 (64-bit),
+#: then the IEEE 754 bits of x, little-endian. Proto3 writes a oneof member even when it is
+#: 0.0, so every non-null double is these 9 bytes (tests compare them with Feast's).
+_DOUBLE_TAG = 0x29
+
+
+def _encode_doubles(values: np.ndarray, text: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``encode_column`` of a float64 DOUBLE column without a proto per value: measured
+    features are mostly distinct, so converting each distinct value once saves nothing.
+    NaN is Feast's null (an empty ValueProto, no value_text); ``value_text`` is
+    ``str()`` of the double, which for a Python float is its ``repr``."""
+    n = len(values)
+    packed = np.empty((n, 9), dtype=np.uint8)
+    packed[:, 0] = _DOUBLE_TAG
+    packed[:, 1:] = values.astype("<f8", copy=False).view(np.uint8).reshape(n, 8)
+    flat = packed.tobytes()
+    blobs = np.empty(n, dtype=object)
+    blobs[:] = [flat[i : i + 9] for i in range(0, 9 * n, 9)]
+    texts = None
+    if text:
+        texts = np.empty(n, dtype=object)
+        texts[:] = list(map(float.__repr__, values.tolist()))
+    null = np.isnan(values)
+    if null.any():
+        blobs[null] = b""
+        if texts is not None:
+            texts[null] = None
+    return blobs, texts
 
 
 @dataclass
@@ -155,8 +205,8 @@ class EncodedRows:
 
     entity_keys: list[bytes]  # Feast's serialize_entity_key
     features: list[str]
-    values: list[list[bytes]]  # per feature, per entity
-    texts: list[list[Any]] | None  # SQLite value_text, per feature, per entity
+    values: list[np.ndarray]  # per feature, per entity (object arrays of bytes)
+    texts: list[np.ndarray] | None  # SQLite value_text, per feature, per entity
     timestamps: list[datetime]  # per entity, as Feast's converter returns them
 
 

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from features.build import read_build_summary
@@ -139,6 +140,8 @@ def _materialize_bulk(
             rest.append(name)
             continue
         frame = _latest_rows(view, start_date, end_date)
+        if text:
+            frame = _in_key_order(frame, view.entity_columns[0].name)
         for offset in range(0, frame.num_rows, MATERIALIZE_BATCH):
             writer(store, view, encode_rows(view, frame.slice(offset, MATERIALIZE_BATCH), version=version, text=text))
         # What Feast's materialize records after writing a view.
@@ -206,24 +209,67 @@ def _latest_rows(view: Any, start_date: datetime, end_date: datetime) -> Any:
     )
 
 
+#: Rows per SQLite INSERT statement (whole entities, at least one): a multi-row VALUES
+#: statement is bound and stepped once instead of once per row, ~40% less CPU per row
+#: than Feast's one-row statement (measured on 500k rows; the bench's raw write uses
+#: the same statement shape, so the ratio compares like with like).
+SQLITE_ROWS_PER_STATEMENT = 100
+#: SQLite's limit of bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, 3.32+).
+SQLITE_MAX_PARAMETERS = 32_766
+#: The columns Feast's SQLite store writes (no vector or value_num column: ``_bulk_writer``).
+SQLITE_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
+
+
+def sqlite_insert(table: str, rows: int, *, upsert: bool) -> str:
+    """An INSERT of ``rows`` rows of ``SQLITE_COLUMNS`` into ``table`` (a quoted name);
+    ``upsert``: Feast's ON CONFLICT clause (``SqliteOnlineStore.online_write_batch``)."""
+    placeholders = ", ".join(["(" + ", ".join("?" * len(SQLITE_COLUMNS)) + ")"] * rows)
+    sql = f"INSERT INTO {table} ({', '.join(SQLITE_COLUMNS)}) VALUES {placeholders}"
+    if upsert:
+        sql += (
+            " ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+            "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )
+    return sql
+
+
+def _object_column(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _in_key_order(frame: Any, key: str) -> Any:
+    """The rows in the order of their serialized string keys (``codec._string_keys``:
+    byte length, then bytes), so SQLite appends to its primary-key index instead of
+    inserting all over a B-tree larger than its page cache. Other key types: as is."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = frame.schema.field(key).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return frame
+    column = frame.column(key)
+    indices = pc.sort_indices(
+        pa.table({"n": pc.binary_length(column), "k": pc.cast(column, pa.binary())}),
+        sort_keys=[("n", "ascending"), ("k", "ascending")],
+    )
+    return frame.take(indices)
+
+
 def _write_sqlite(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
-    """Feast's SQLite upsert (``SqliteOnlineStore.online_write_batch``), as one
-    ``executemany`` per batch on the store's own connection."""
+    """Feast's SQLite upsert (``SqliteOnlineStore.online_write_batch``): the same rows,
+    entity by entity (features by name, where Feast goes in view order: the table's
+    row order means nothing to a reader), as multi-row statements in one transaction
+    per batch on the store's own connection."""
     import sqlite3
-    from itertools import repeat
 
     from feast.infra.online_stores.sqlite import _quote_id, _table_id
     from feast.utils import to_naive_utc
 
     config = store.config
     conn = store._get_provider().online_store._get_conn(config)
-    table = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
-    sql = (
-        f"INSERT INTO {_quote_id(table)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-        "VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
-        "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts;"
-    )
+    table = _quote_id(_table_id(config.project, view, config.registry.enable_online_feature_view_versioning))
     # The value sqlite3 stores for each event time: Feast's registered adapter (if
     # any) applied once per distinct time instead of once per row.
     adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol))
@@ -231,17 +277,42 @@ def _write_sqlite(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
     for t in batch.timestamps:
         if id(t) not in naive:
             naive[id(t)] = adapt(to_naive_utc(t)) if adapt else to_naive_utc(t)
-    stamps = [naive[id(t)] for t in batch.timestamps]
     assert batch.texts is not None
-    # Entity by entity, features in view order: the order Feast writes in.
     n, width = len(batch.entity_keys), len(batch.features)
-    keys = [k for k in batch.entity_keys for _ in range(width)]
-    names = batch.features * n
-    vals = [v for row in zip(*batch.values, strict=True) for v in row]
-    texts = [t for row in zip(*batch.texts, strict=True) for t in row]
-    ts = [t for t in stamps for _ in range(width)]
+    if not n:
+        return
+    # One row per (entity, feature), built column by column in C (numpy object arrays),
+    # not value by value in Python.
+    # Features by name: an entity's rows in primary-key order too.
+    order = sorted(range(width), key=batch.features.__getitem__)
+    cells = np.empty((n, width, len(SQLITE_COLUMNS)), dtype=object)
+    cells[:, :, 0] = _object_column(batch.entity_keys)[:, None]
+    cells[:, :, 1] = _object_column([batch.features[j] for j in order])[None, :]
+    for i, j in enumerate(order):
+        cells[:, i, 2] = batch.values[j]
+        cells[:, i, 3] = batch.texts[j]
+    cells[:, :, 4] = _object_column([naive[id(t)] for t in batch.timestamps])[:, None]
+    cells[:, :, 5] = None
+    per = max(1, min(SQLITE_ROWS_PER_STATEMENT // width, SQLITE_MAX_PARAMETERS // (width * len(SQLITE_COLUMNS))))
+    flat = cells.reshape(n, -1)
+    whole = n - n % per
     with conn:
-        conn.executemany(sql, zip(keys, names, vals, texts, ts, repeat(None)))
+        if whole:
+            conn.executemany(sqlite_insert(table, per * width, upsert=True), flat[:whole].reshape(whole // per, -1).tolist())
+        if whole < n:
+            conn.execute(sqlite_insert(table, (n - whole) * width, upsert=True), flat[whole:].ravel().tolist())
+
+
+#: Newest-event-time-wins needs each entity's stored ``_ts:<view>``: one script call
+#: reads it for many keys (``HGET`` per key server-side), where a pipelined ``HMGET``
+#: per key costs a command, a reply and their Python on each side.
+_READ_STAMPS = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, ARGV[1]) end
+return out
+"""
+#: Keys per ``_READ_STAMPS`` call.
+STAMP_READ_CHUNK = 5_000
 
 
 def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
@@ -257,7 +328,7 @@ def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
     oc = config.online_store
     client = store._get_provider().online_store._get_client(oc)
     fv_name = _versioned_fv_name(view, config)
-    ts_key = f"_ts:{fv_name}"
+    ts_key = f"_ts:{fv_name}".encode()
     fields = [_mmh3(f"{fv_name}:{f}") for f in batch.features]
     project = config.project.encode("utf-8")
     keys = [k + project for k in batch.entity_keys]
@@ -274,14 +345,13 @@ def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
     stamps = [new[id(t)] for t in batch.timestamps]
     keep = [True] * len(keys)
     if not oc.skip_dedup:
-        with client.pipeline(transaction=False) as pipe:
-            command = pipe.execute_command  # pipe.hmget(k, ts_key, *fields), minus its wrapper
-            for k in keys:
-                command("HMGET", k, ts_key, *fields)
-            replies = pipe.execute()
+        read = client.register_script(_READ_STAMPS)
+        stored: list[bytes | None] = []
+        for i in range(0, len(keys), STAMP_READ_CHUNK):
+            stored += read(keys=keys[i : i + STAMP_READ_CHUNK], args=[ts_key])
         parsed: dict[bytes, int] = {}
-        for i, reply in enumerate(replies):
-            prev = reply[0]
+        same: list[int] = []  # entities stored with this very event time
+        for i, prev in enumerate(stored):
             if not prev:
                 continue
             if prev not in parsed:
@@ -289,22 +359,85 @@ def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
                 proto.ParseFromString(prev)
                 parsed[prev] = nanos(proto)
             seen = parsed[prev]
-            # Feast's rule (newest event time wins), except that a stored row of the same
-            # time with fields missing is rewritten whole: materialize repairs partial rows
-            # (a partial row is never "already written").
-            complete = all(v is not None for v in reply[1:])
-            keep[i] = not (seen and (stamps[i][1] < seen or (stamps[i][1] == seen and complete)))
-    with client.pipeline(transaction=False) as pipe:
-        # pipe.hset(k, mapping={ts_key: ts, field: value, ...}) sends exactly
-        # HSET k ts_key ts field value ...; the arguments are built flat here.
-        command = pipe.execute_command
-        for k, (ts_bytes, _), row, ok in zip(keys, stamps, zip(*batch.values, strict=True), keep, strict=True):
-            if not ok:
-                continue
-            args = [None] * (2 * len(fields))
-            args[0::2] = fields
-            args[1::2] = row
-            command("HSET", k, ts_key, ts_bytes, *args)
-            if oc.key_ttl_seconds:
+            if seen and stamps[i][1] < seen:
+                keep[i] = False  # Feast's rule: the newest event time wins
+            elif seen and stamps[i][1] == seen:
+                same.append(i)
+        if same:
+            # A stored row of the same time is kept (Feast), unless fields are missing:
+            # materialize repairs partial rows (a partial row is never "already written").
+            with client.pipeline(transaction=False) as pipe:
+                for i in same:
+                    pipe.execute_command("HMGET", keys[i], *fields)
+                replies = pipe.execute()
+            for i, reply in zip(same, replies, strict=True):
+                keep[i] = not all(v is not None for v in reply)
+    # HSET key _ts:<view> ts field value ...: what pipe.hset(k, mapping=...) sends, the
+    # arguments laid out per entity in C (numpy) rather than value by value.
+    rows = [i for i, ok in enumerate(keep) if ok]
+    args = np.empty((len(rows), 2 + 2 * len(fields)), dtype=object)
+    args[:, 0] = ts_key
+    args[:, 1] = _object_column([stamps[i][0] for i in rows])
+    args[:, 2::2] = _object_column(fields)[None, :]
+    for j, column in enumerate(batch.values):
+        args[:, 3 + 2 * j] = column[rows] if len(rows) < len(keys) else column
+    kept = _object_column(keys)[rows] if len(rows) < len(keys) else _object_column(keys)
+    if oc.key_ttl_seconds:
+        with client.pipeline(transaction=False) as pipe:
+            for k, row in zip(kept.tolist(), args.tolist(), strict=True):
+                pipe.execute_command("HSET", k, *row)
                 pipe.expire(name=k, time=oc.key_ttl_seconds)
-        pipe.execute()
+            pipe.execute()
+    else:
+        send_hsets(client, kept, args)
+
+
+#: HSET commands per write to the socket (a few MB): the replies of one chunk are read
+#: before the next is sent.
+HSET_CHUNK = 5_000
+
+
+def send_hsets(client: Any, keys: np.ndarray, args: np.ndarray) -> None:
+    """``HSET keys[i] *args[i]`` for every row, pipelined, on one of ``client``'s
+    connections: the same commands as a redis-py pipeline, but the RESP bytes are
+    laid out column by column (``_pack_hsets``) instead of command by command, which
+    is most of a pipeline's client-side time for wide hashes. Raises on an error reply."""
+    import redis
+
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        for start in range(0, len(keys), HSET_CHUNK):
+            stop = min(start + HSET_CHUNK, len(keys))
+            conn.send_packed_command([_pack_hsets(keys[start:stop], args[start:stop])])
+            errors = []
+            for _ in range(stop - start):
+                try:
+                    conn.read_response()
+                except redis.ResponseError as exc:  # read them all: the connection stays in sync
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never reuse this connection
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _pack_hsets(keys: np.ndarray, args: np.ndarray) -> bytes:
+    """The RESP request of ``HSET keys[i] *args[i]`` for each row (all bytes): per
+    argument ``$<len>\\r\\n<bytes>\\r\\n``; the length headers come from a table
+    indexed by a column's lengths, so no Python runs per value."""
+    n, width = args.shape
+    parts = np.empty((n, 2 * (width + 1) + 2), dtype=object)
+    parts[:, 0] = b"*%d\r\n$4\r\nHSET" % (width + 2)
+    # Each argument's header starts with the \r\n that ends the previous one.
+    for j, column in enumerate([keys, *args.T]):
+        lengths = np.fromiter(map(len, column), dtype=np.int64, count=n)
+        top = int(lengths.max()) if n else 0
+        headers = np.array([b"\r\n$%d\r\n" % size for size in range(top + 1)], dtype=object)
+        parts[:, 1 + 2 * j] = headers[lengths]
+        parts[:, 2 + 2 * j] = column
+    parts[:, -1] = b"\r\n"
+    return b"".join(parts.ravel().tolist())
