@@ -1,7 +1,7 @@
 """The feature pipeline: raw lake tables -> point-in-time feature tables.
 
-``build_features`` runs one DuckDB query per feature table (``features/sql.py``) over
-the lake at the given snapshot dates (``features/grid.py`` chooses them by default),
+``build_features`` runs one query per feature table (``features/sql.py``) over the lake
+at the given snapshot dates, on DuckDB or, transpiled, on Spark (``features/spark.py``) (``features/grid.py`` chooses them by default),
 types each result from the catalogue and writes the tables atomically: a rerun
 replaces the directory, never appends. Outputs: ``customer.parquet``,
 ``lead.parquet``, ``product.parquet``, ``customer_value.parquet`` and ``_build.json``
@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 from pydantic import BaseModel, Field
@@ -48,11 +49,16 @@ from features.catalog import (
     attribute_column,
     table_file,
 )
+from features.history import HISTORY_ENTITIES, HistorySample, plan, write_sampled_lake
 from features.sql import SqlContext, customer_sql, lead_sql, product_sql, value_sql
 
 log = logging.getLogger(__name__)
 
 BUILD_SUMMARY = "_build.json"
+
+#: Where the feature queries run: in process (DuckDB) or on a Spark session.
+Engine = Literal["duckdb", "spark"]
+ENGINES: tuple[Engine, ...] = ("duckdb", "spark")
 
 _POLARS_KIND: dict[str, pl.DataType] = {"int": pl.Int64(), "float": pl.Float64(), "str": pl.String()}
 _ATTRIBUTE_KIND: dict[str, pl.DataType] = {"categorical": pl.String(), "numeric": pl.Float64()}
@@ -80,12 +86,18 @@ class BuildSummary(BaseModel):
     built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     #: The lake manifest's ``created_at``: snapshots added later must come from the same lake.
     lake_created_at: datetime | None = None
+    engine: Engine = "duckdb"
+    #: The older snapshots that hold only a sample of the entities (``features.history``).
+    history: HistorySample | None = None
 
     def render(self) -> str:
         lines = [
             (f"features from {self.lake}: {len(self.as_of)} snapshots "
-            f"({self.as_of[0]:%Y-%m-%d} .. {self.as_of[-1]:%Y-%m-%d}) in {self.seconds:.1f}s")
+            f"({self.as_of[0]:%Y-%m-%d} .. {self.as_of[-1]:%Y-%m-%d}) in {self.seconds:.1f}s"
+            + (f" on {self.engine}" if self.engine != "duckdb" else ""))
         ]
+        if self.history:
+            lines.append(f"  history: {self.history.describe()}")
         if self.tables_missing:
             lines.append(f"  lake lacks: {', '.join(self.tables_missing)}")
         for name, ent in self.entities.items():
@@ -116,15 +128,55 @@ def build_features(
     as_of: Sequence[datetime],
     *,
     threads: int | None = None,
+    engine: Engine = "duckdb",
+    spark_master: str | None = None,
+    history_entities: int | None = HISTORY_ENTITIES,
+    full: Sequence[datetime] = (),
 ) -> BuildSummary:
     """Compute the customer, lead and product feature tables at each ``as_of`` date.
 
     Writes ``out`` atomically (replacing whatever was there) and returns the summary.
     ``as_of`` dates are UTC (naive ones are taken as UTC); duplicates are ignored.
+    ``engine`` runs the queries on DuckDB or on Spark (``spark_master``, default: the
+    active session or ``features.spark.spark_session``'s choice); the tables are the same.
+    ``history_entities``: past the newest snapshots, keep a sample of about this many
+    customers and leads (``features.history``; None keeps everyone), except at ``full``.
     """
-    frames, summary = _compute(lake, as_of, threads)
+    sample = plan(lake, [as_utc(d) for d in as_of], history_entities, [as_utc(d) for d in full])
+    if sample is None:
+        frames, summary = _compute(lake, as_of, threads, engine, spark_master)
+    else:
+        frames, summary = _compute_sampled(lake, as_of, sample, threads, engine, spark_master)
     _write(out, frames, summary)
     return summary
+
+
+def _compute_sampled(
+    lake: Path, as_of: Sequence[datetime], sample: HistorySample, threads: int | None, engine: Engine,
+    spark_master: str | None,
+) -> tuple[dict[str, pl.DataFrame], BuildSummary]:
+    """Every entity at the newest snapshots, the sample at ``sample.dates``; product
+    features (aggregates over all customers) at every snapshot from the whole lake."""
+    import tempfile
+
+    started = time.perf_counter()
+    older = set(sample.dates)
+    newest = [d for d in {as_utc(d) for d in as_of} if d not in older]
+    log.info("features: %s", sample.describe())
+    frames, summary = _compute(lake, newest, threads, engine, spark_master)
+    products, _ = _compute(lake, sample.dates, threads, engine, spark_master, tables=("product",))
+    with tempfile.TemporaryDirectory(prefix="crmscore-sample-") as tmp:
+        small = write_sampled_lake(lake, Path(tmp), sample)
+        past, _ = _compute(small, sample.dates, threads, engine, spark_master,
+                           tables=tuple(t for t in frames if t != "product"))
+    past.update(products)
+    for entity, frame in past.items():
+        frames[entity] = pl.concat([frame, frames[entity]]).sort(EVENT_TIMESTAMP, JOIN_KEYS[TABLE_ENTITIES[entity]])
+    entities = {name: ent.model_copy(update={"rows": frames[name].height}) for name, ent in summary.entities.items()}
+    summary = summary.model_copy(update={
+        "as_of": sorted(older | set(newest)), "entities": entities, "history": sample,
+        "seconds": round(time.perf_counter() - started, 3)})
+    return frames, summary
 
 
 def add_snapshots(
@@ -133,53 +185,74 @@ def add_snapshots(
     as_of: Sequence[datetime],
     *,
     threads: int | None = None,
+    engine: Engine = "duckdb",
+    spark_master: str | None = None,
+    complete: bool = True,
 ) -> BuildSummary:
     """Add snapshots at ``as_of`` to the feature tables in ``out``, keeping every existing one.
 
     Only the new dates are computed; their rows are appended and the tables rewritten
     atomically. Tables built from another lake (reimported since), or with other
     columns, cannot be mixed with new rows: then every snapshot is rebuilt from this lake.
+    ``complete``: the dates must hold every entity (scoring), so one the history sample
+    holds is recomputed whole; False when the sample will do (training and backtests,
+    whose frames keep only the sample).
     """
     wanted = sorted({as_utc(d) for d in as_of})
+    whole = wanted if complete else []
+
+    def rebuild(dates: list[datetime]) -> BuildSummary:
+        return build_features(lake, out, dates, threads=threads, engine=engine, spark_master=spark_master,
+                              full=whole)
+
     try:
         existing = read_build_summary(out)
     except CrmscoreError:
-        return build_features(lake, out, wanted, threads=threads)
-    new = [d for d in wanted if d not in set(existing.as_of)]
+        return rebuild(wanted)
+    sampled = set(existing.history.dates) if existing.history else set()
+    redo = [d for d in whole if d in sampled]
+    new = [d for d in wanted if d not in set(existing.as_of)] + redo
     if not new:
         log.info("features: every requested snapshot is built already")
         return existing
     every = sorted(set(existing.as_of) | set(new))
     if existing.lake_created_at != read_manifest(lake).created_at or existing.lake != str(lake):
         log.info("features were built from another lake: rebuilding all %d snapshots", len(every))
-        return build_features(lake, out, every, threads=threads)
-    frames, fresh = _compute(lake, new, threads)
+        return rebuild(every)
+    if redo:
+        log.info("features: recomputing %d sampled snapshot(s) with every entity", len(redo))
+    frames, fresh = _compute(lake, new, threads, engine, spark_master)
     merged: dict[str, pl.DataFrame] = {}
     for entity, frame in frames.items():
         path = out / table_file(entity)
         if not path.exists():
             log.info("the %s feature table is new since the last build: rebuilding all %d snapshots",
                      entity, len(every))
-            return build_features(lake, out, every, threads=threads)
-        old = pl.read_parquet(path)
+            return rebuild(every)
+        old = pl.read_parquet(path).filter(~pl.col(EVENT_TIMESTAMP).is_in(redo))
         if old.schema != frame.schema:
             log.info("%s features changed columns since the last build: rebuilding all %d snapshots",
                      entity, len(every))
-            return build_features(lake, out, every, threads=threads)
+            return rebuild(every)
         merged[entity] = pl.concat([old, frame]).sort(EVENT_TIMESTAMP, JOIN_KEYS[TABLE_ENTITIES[entity]])
     entities = {
         name: ent.model_copy(update={"rows": merged[name].height,
                                      "entities": merged[name][JOIN_KEYS[TABLE_ENTITIES[name]]].n_unique()})
         for name, ent in fresh.entities.items()
     }
-    summary = fresh.model_copy(update={"as_of": every, "entities": entities})
+    history = existing.history
+    if history and redo:
+        left = [d for d in history.dates if d not in set(redo)]
+        history = history.model_copy(update={"dates": left}) if left else None
+    summary = fresh.model_copy(update={"as_of": every, "entities": entities, "history": history})
     _write(out, merged, summary)
     log.info("features: added %d snapshot(s), %d in all", len(new), len(every))
     return summary
 
 
 def _compute(
-    lake: Path, as_of: Sequence[datetime], threads: int | None
+    lake: Path, as_of: Sequence[datetime], threads: int | None, engine: Engine, spark_master: str | None,
+    tables: Sequence[str] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], BuildSummary]:
     started = time.perf_counter()
     snapshots = sorted({as_utc(d) for d in as_of})
@@ -195,7 +268,16 @@ def _compute(
         log.warning("the lake has no orders: order features (recency, frequency, revenue, products) are "
                     "left out; transactional churn and next-best-product cannot be trained")
 
-    ctx = SqlContext.open(lake, present, manifest.custom_attributes, snapshots, threads)
+    if engine == "spark":
+        from features.spark import SparkSqlContext, spark_session
+
+        spark = spark_session(spark_master, app_name="crmscore-features")
+        log.info("features on Spark %s (master %s)", spark.version, spark.sparkContext.master)
+        ctx: SqlContext = SparkSqlContext.open_spark(spark, lake, present, manifest.custom_attributes, snapshots)
+    elif engine == "duckdb":
+        ctx = SqlContext.open(lake, present, manifest.custom_attributes, snapshots, threads)
+    else:
+        raise CrmscoreError(f"unknown feature engine {engine!r}: one of {', '.join(ENGINES)}")
 
     frames: dict[str, pl.DataFrame] = {}
     summaries: dict[str, EntitySummary] = {}
@@ -205,6 +287,8 @@ def _compute(
         ("product", product_sql),
         (VALUE_TABLE, value_sql),
     ):
+        if tables is not None and entity not in tables:
+            continue
         t0 = time.perf_counter()
         frame, summary = _finish(ctx, entity, compute(ctx))
         frames[entity], summaries[entity] = frame, summary
@@ -224,6 +308,7 @@ def _compute(
         entities=summaries,
         seconds=round(time.perf_counter() - started, 3),
         lake_created_at=manifest.created_at,
+        engine=engine,
     )
     return frames, summary
 
@@ -285,7 +370,7 @@ def _finish(ctx: SqlContext, entity: str, sql: str | None) -> tuple[pl.DataFrame
         frame = pl.DataFrame(schema=schema)
         note = f"the lake has no {table.name} table: no rows"
     else:
-        raw = ctx.con.sql(sql).pl()
+        raw = ctx.frame(sql)
         frame = raw.select(
             pl.col(key).cast(pl.String),
             pl.from_epoch(pl.col("as_of"), time_unit="us").dt.replace_time_zone("UTC").alias(
@@ -321,7 +406,7 @@ def _finish_value(ctx: SqlContext, name: str, sql: str) -> tuple[pl.DataFrame, E
         for s in specs
         if s.name not in kept
     }
-    raw = ctx.con.sql(sql).pl()
+    raw = ctx.frame(sql)
     frame = raw.select(
         pl.col(key).cast(pl.String),
         pl.from_epoch(pl.col("as_of"), time_unit="us").dt.replace_time_zone("UTC").alias(EVENT_TIMESTAMP),

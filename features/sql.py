@@ -1,4 +1,4 @@
-"""The feature SQL: one DuckDB query per entity, from raw lake tables to snapshot rows.
+"""The feature SQL: one query per entity, from raw lake tables to snapshot rows.
 
 For every snapshot date ``as_of`` and every entity that exists then, one row of
 features computed only from events strictly before ``as_of``, vectorized across
@@ -6,17 +6,25 @@ entities *and* snapshot dates:
 
 * windowed counts join each event to the snapshots whose window covers it
   (``as_of - N days <= t < as_of``), then aggregate with ``FILTER`` clauses;
-* "latest before as_of" values (last order, last NPS, lifetime totals) come from
-  an ``ASOF JOIN`` against per-entity running totals, so lifetime features cost
+* "latest before as_of" values (last order, last NPS, lifetime totals) put each
+  event in its snapshot bucket (the first snapshot after it: ``_bucket``), aggregate
+  per bucket and accumulate over the snapshots in order, so lifetime features cost
   one pass over the events instead of one per snapshot.
 
 Times are compared as integer microseconds since the epoch, which keeps the
-arithmetic exact and independent of DuckDB's session time zone.
+arithmetic exact and independent of the session time zone.
 
-The queries read the views and the ``snap`` table that ``SqlContext.open`` creates;
-each returns the entity's join key, ``as_of`` (epoch microseconds) and the
-catalogue's features that the lake's tables allow (``features/catalog.py``).
-``features.build`` runs them and shapes the result.
+The queries are written once, in DuckDB's dialect, and DuckDB runs them as they are;
+``features.spark`` transpiles the same text to Spark SQL with sqlglot. So they keep to
+what both engines mean the same way: no ``ASOF JOIN`` (Spark has none: the snapshot
+buckets are a range join on ``snap``), no DuckDB list functions, and divisions by
+integer literals (``/`` is floating-point in both, while a literal such as ``7.0`` is a
+DECIMAL that Spark divides at six decimal places).
+
+The queries read the views and the ``snap`` table (``as_of``, ``prev_as_of``) that
+``SqlContext.open`` creates; each returns the entity's join key, ``as_of`` (epoch
+microseconds) and the catalogue's features that the lake's tables allow
+(``features/catalog.py``). ``features.build`` runs them and shapes the result.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crmdata.contract import (
     CUSTOMERS,
@@ -56,19 +64,41 @@ from features.catalog import (
     attribute_column,
 )
 
+if TYPE_CHECKING:
+    import polars as pl
+
 #: DuckDB types of the contract's kinds (for the empty orders view of a lake without orders).
 _DUCKDB_TYPES = {"id": "VARCHAR", "str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
                  "timestamp": "TIMESTAMPTZ"}
 
 #: Microseconds per day: window bounds are integer arithmetic on epoch microseconds.
 DAY_US = 86_400_000_000
+#: ``prev_as_of`` of the first snapshot: its bucket holds every earlier event.
+_BEGINNING = -(2**63)
+
+
+def snapshot_rows(snapshots: Sequence[datetime]) -> list[tuple[int, int]]:
+    """The rows of the ``snap`` table: (``as_of``, ``prev_as_of``) in epoch microseconds,
+    one per distinct snapshot (UTC-aware), oldest first. The bucket of a snapshot is
+    ``prev_as_of <= t < as_of``."""
+    stamps = sorted({int(d.timestamp() * 1_000_000) for d in snapshots})
+    return list(zip(stamps, [_BEGINNING, *stamps[:-1]], strict=True))
+
+
+def empty_orders_sql() -> str:
+    """An empty orders table with the contract's columns: the customer and product queries
+    read orders unconditionally; a subscription business without orders gets this, and the
+    build leaves out the features that need orders (FeatureSpec.requires), so none is a
+    column of zeros."""
+    columns = ", ".join(f"NULL::{_DUCKDB_TYPES[c.kind]} AS {c.name}" for c in ORDERS.columns)
+    return f"SELECT {columns} WHERE false"
 
 
 @dataclass
 class SqlContext:
     """What one build knows about the lake: the DuckDB connection (one view per present
     table, the ``snap`` table of snapshot dates), the tables present and the custom
-    attributes declared per table."""
+    attributes declared per table. ``features.spark`` has the same over a Spark session."""
 
     con: Any  # duckdb.DuckDBPyConnection
     present: set[str]
@@ -95,16 +125,14 @@ class SqlContext:
                 f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{table_path(lake, name)}')"
             )
         if ORDERS.name not in present:
-            # The customer and product queries read orders unconditionally; a subscription
-            # business without orders gets an empty table, and the build leaves out the
-            # features that need orders (FeatureSpec.requires), so none is a column of zeros.
-            columns = ", ".join(f"NULL::{_DUCKDB_TYPES[c.kind]} AS {c.name}" for c in ORDERS.columns)
-            con.execute(f"CREATE VIEW {ORDERS.name} AS SELECT {columns} WHERE false")
-        con.execute("CREATE TEMP TABLE snap (as_of BIGINT)")
-        con.executemany(
-            "INSERT INTO snap VALUES (?)", [[int(d.timestamp() * 1_000_000)] for d in snapshots]
-        )
+            con.execute(f"CREATE VIEW {ORDERS.name} AS {empty_orders_sql()}")
+        con.execute("CREATE TEMP TABLE snap (as_of BIGINT, prev_as_of BIGINT)")
+        con.executemany("INSERT INTO snap VALUES (?, ?)", [list(r) for r in snapshot_rows(snapshots)])
         return cls(con=con, present=present, attributes=attributes)
+
+    def frame(self, sql: str) -> pl.DataFrame:
+        """Run one of the queries below."""
+        return self.con.sql(sql).pl()
 
     def has(self, *tables: str) -> bool:
         return all(t in self.present for t in tables)
@@ -127,7 +155,12 @@ def _typed(etype: str, col: str, days: int) -> str:
 
 
 def _days_since(col: str) -> str:
-    return f"(b.as_of - {col}) / {float(DAY_US)}"
+    return f"(b.as_of - {col}) / {DAY_US}"
+
+
+def _bucket(col: str) -> str:
+    """Join each event to its snapshot bucket ``s``: the first snapshot after it."""
+    return f"JOIN snap s ON {col} < s.as_of AND {col} >= s.prev_as_of"
 
 
 def _attribute_select(ctx: SqlContext, table: str, alias: str) -> str:
@@ -142,7 +175,7 @@ def customer_sql(ctx: SqlContext) -> str:
     """Customer snapshots.
 
     Lifetime and "latest before as_of" features use snapshot buckets: each event is
-    assigned to the first snapshot after it (a tiny ASOF join against the snapshot
+    assigned to the first snapshot after it (a range join against the short snapshot
     list), aggregated per (customer, bucket), then accumulated over the snapshots in
     order with window functions. That is one pass over the events however long the
     history, instead of joining every event to every later snapshot.
@@ -159,12 +192,12 @@ def customer_sql(ctx: SqlContext) -> str:
         f"""ord AS (SELECT {key}, product_id, epoch_us(ordered_at) AS t, amount FROM {o})""",
         f"""ord_b AS (
             SELECT o.{key}, s.as_of, count(*) AS n, sum(o.amount) AS amount, max(o.t) AS last_t
-            FROM ord o ASOF JOIN snap s ON o.t < s.as_of GROUP BY ALL)""",
+            FROM ord o {_bucket('o.t')} GROUP BY ALL)""",
         f"""prod_b AS (
             SELECT f.{key}, s.as_of, count(*) AS n
             FROM (SELECT {key}, min(t) AS t FROM ord WHERE product_id IS NOT NULL
                   GROUP BY {key}, product_id) f
-            ASOF JOIN snap s ON f.t < s.as_of GROUP BY ALL)""",
+            {_bucket('f.t')} GROUP BY ALL)""",
         f"""ord_win AS (
             SELECT o.{key}, s.as_of,
                    {", ".join(
@@ -213,7 +246,7 @@ def customer_sql(ctx: SqlContext) -> str:
                 SELECT f.{key}, s.as_of, count(*) AS n
                 FROM (SELECT o.{key}, min(o.t) AS t FROM ord o JOIN {p} p ON o.product_id = p.product_id
                       GROUP BY o.{key}, p.category) f
-                ASOF JOIN snap s ON f.t < s.as_of GROUP BY ALL)"""
+                {_bucket('f.t')} GROUP BY ALL)"""
         )
         bucket_joins.append(f"LEFT JOIN cat_b cb ON g.{key} = cb.{key} AND g.as_of = cb.as_of")
         cum_cols.append("sum(cb.n) OVER w AS distinct_categories")
@@ -244,7 +277,7 @@ def customer_sql(ctx: SqlContext) -> str:
                        max(e.t) FILTER (WHERE type = '{it.SUPPORT_TICKET}') AS last_ticket,
                        {newest.format(it.NPS)} AS nps,
                        {newest.format(it.CSAT)} AS csat
-                FROM ev e ASOF JOIN snap s ON e.t < s.as_of GROUP BY ALL)""",
+                FROM ev e {_bucket('e.t')} GROUP BY ALL)""",
         ]
         bucket_joins.append(f"LEFT JOIN ev_b eb ON g.{key} = eb.{key} AND g.as_of = eb.as_of")
         cum_cols += [
@@ -303,7 +336,7 @@ def customer_sql(ctx: SqlContext) -> str:
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))""",
         f"""base AS (
             SELECT c.{key}, s.as_of,
-                   (s.as_of - epoch_us(c.signup_at)) / {float(DAY_US)} AS tenure_days,
+                   (s.as_of - epoch_us(c.signup_at)) / {DAY_US} AS tenure_days,
                    c.segment, c.acquisition_channel, c.country, c.industry
                    {_attribute_select(ctx, CUSTOMERS.name, "c")}
             FROM {CUSTOMERS.name} c JOIN snap s ON epoch_us(c.signup_at) < s.as_of)""",
@@ -334,13 +367,13 @@ def lead_sql(ctx: SqlContext) -> str | None:
     key = JOIN_KEYS["lead"]
     ranks = ""
     for feature, (attribute, values) in LEAD_RANKS.items():  # position in the ordered values, 0-based
-        listed = ", ".join(f"'{v}'" for v in values)
-        ranks += f"l.{attribute}, list_position([{listed}], l.{attribute}) - 1 AS {feature}, "
+        listed = " ".join(f"WHEN '{v}' THEN {n}" for n, v in enumerate(values))
+        ranks += f"l.{attribute}, CASE l.{attribute} {listed} END AS {feature}, "
     status, closed_at = _lead_status("l")
     ctes = [
         f"""base AS (
             SELECT l.{key}, s.as_of, l.source, l.country, l.industry, {ranks}
-                   (s.as_of - epoch_us(l.created_at)) / {float(DAY_US)} AS days_since_created,
+                   (s.as_of - epoch_us(l.created_at)) / {DAY_US} AS days_since_created,
                    {status} AS lead_status, {closed_at} AS lead_closed_at
                    {_attribute_select(ctx, LEADS.name, "l")}
             FROM {LEADS.name} l JOIN snap s ON epoch_us(l.created_at) < s.as_of)"""
@@ -359,29 +392,36 @@ def lead_sql(ctx: SqlContext) -> str | None:
                 SELECT a.{key}, s.as_of, {", ".join(win_cols)}
                 FROM act a JOIN snap s ON a.t < s.as_of AND {_window('a.t', max(LEAD_ACTIVITY_WINDOWS))}
                 GROUP BY ALL)""",
-            f"""act_last AS (SELECT DISTINCT {key}, t FROM act)""",
             f"""demo AS (SELECT {key}, min(t) AS t FROM act WHERE type = '{at.DEMO_REQUEST}' GROUP BY ALL)""",
-            f"""pricing AS (
-                SELECT {key}, t, sum(n) OVER (PARTITION BY {key} ORDER BY t) AS visits
-                FROM (SELECT {key}, t, count(*) AS n FROM act
-                      WHERE type = '{at.PRICING_PAGE_VISIT}' GROUP BY ALL))""",
+            # The last activity and the pricing-page visits before as_of: per snapshot
+            # bucket, accumulated over every snapshot (as for customers, so an activity
+            # logged before the lead's created_at still counts).
+            f"""act_b AS (
+                SELECT a.{key}, s.as_of, max(a.t) AS last_t,
+                       count(*) FILTER (WHERE type = '{at.PRICING_PAGE_VISIT}') AS visits
+                FROM act a {_bucket('a.t')} GROUP BY ALL)""",
+            f"""act_cum AS (
+                SELECT g.{key}, g.as_of, max(ab.last_t) OVER w AS last_t, sum(ab.visits) OVER w AS visits
+                FROM (SELECT l.{key}, s.as_of FROM {LEADS.name} l CROSS JOIN snap s) g
+                LEFT JOIN act_b ab ON g.{key} = ab.{key} AND g.as_of = ab.as_of
+                WINDOW w AS (PARTITION BY g.{key} ORDER BY g.as_of
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))""",
         ]
         joins += [
             f"LEFT JOIN act_win aw ON b.{key} = aw.{key} AND b.as_of = aw.as_of",
-            f"ASOF LEFT JOIN act_last al ON b.{key} = al.{key} AND b.as_of > al.t",
+            f"LEFT JOIN act_cum al ON b.{key} = al.{key} AND b.as_of = al.as_of",
             f"LEFT JOIN demo d ON b.{key} = d.{key} AND d.t < b.as_of",
-            f"ASOF LEFT JOIN pricing pv ON b.{key} = pv.{key} AND b.as_of > pv.t",
         ]
         for w in LEAD_ACTIVITY_WINDOWS:
             cols.append(f"coalesce(aw.activities_{w}d, 0) AS activities_{w}d")
             cols += [f"coalesce(aw.{t.value}_{w}d, 0) AS {t.value}_{w}d" for t in at]
         short, long = LEAD_ACTIVITY_WINDOWS[0], LEAD_ACTIVITY_WINDOWS[-1]
         cols += [
-            f"{_days_since('al.t')} AS days_since_last_activity",
+            f"{_days_since('al.last_t')} AS days_since_last_activity",
             "CASE WHEN d.t IS NULL THEN 0 ELSE 1 END AS demo_requested",
-            "coalesce(pv.visits, 0) AS pricing_page_visits",
-            (f"coalesce(aw.activities_{short}d, 0) / {float(short)}"
-            f" - coalesce(aw.activities_{long}d, 0) / {float(long)} AS engagement_velocity"),
+            "coalesce(al.visits, 0) AS pricing_page_visits",
+            (f"coalesce(aw.activities_{short}d, 0) / {short}"
+            f" - coalesce(aw.activities_{long}d, 0) / {long} AS engagement_velocity"),
         ]
     return f"WITH {', '.join(ctes)} SELECT {', '.join(cols)} FROM base b {' '.join(joins)}"
 
@@ -420,10 +460,15 @@ def product_sql(ctx: SqlContext) -> str:
             SELECT o.product_id AS {key}, s.as_of, {win_cols}
             FROM ord o JOIN snap s ON o.t < s.as_of AND {_window('o.t', max(PRODUCT_WINDOWS))}
             GROUP BY ALL)""",
-        # Each buyer's first and second purchase time of the product.
+        # Each buyer's first and second purchase time of the product (equal when two
+        # orders share the first time). MATERIALIZED is a DuckDB planning hint (Spark's
+        # transpilation drops it).
         """pairs AS MATERIALIZED (
-            SELECT product_id, customer_id, first2[1] AS first_t, first2[2] AS second_t
-            FROM (SELECT product_id, customer_id, min(t, 2) AS first2 FROM ord GROUP BY ALL))""",
+            SELECT product_id, customer_id, min(t) AS first_t, min(t) FILTER (WHERE n = 2) AS second_t
+            FROM (SELECT product_id, customer_id, t,
+                         row_number() OVER (PARTITION BY product_id, customer_id ORDER BY t) AS n
+                  FROM ord) x
+            GROUP BY ALL)""",
         f"""rep AS (
             SELECT x.product_id AS {key}, s.as_of, count(*) AS buyers,
                    count(*) FILTER (WHERE x.second_t < s.as_of) AS repeaters
@@ -478,7 +523,7 @@ def value_sql(ctx: SqlContext) -> str:
         f"""ord AS (SELECT {key}, epoch_us(ordered_at) AS t, amount FROM {o})""",
         f"""ord_b AS (
             SELECT o.{key}, s.as_of, count(*) AS n, sum(o.amount) AS amount, max(o.t) AS last_t
-            FROM ord o ASOF JOIN snap s ON o.t < s.as_of GROUP BY ALL)""",
+            FROM ord o {_bucket('o.t')} GROUP BY ALL)""",
         f"""spend AS (
             SELECT o.{key}, s.as_of, sum(o.amount) AS spend
             FROM ord o JOIN snap s ON o.t < s.as_of AND {_window('o.t', w)} GROUP BY ALL)""",
@@ -487,7 +532,7 @@ def value_sql(ctx: SqlContext) -> str:
             SELECT b.{key}, s.as_of AS bucket, b.day, b.amount, b.day > f.first_day AS repeat
             FROM (SELECT {key}, t, {day} AS day, amount FROM ord) b
             JOIN (SELECT {key}, min({day}) AS first_day FROM ord GROUP BY 1) f USING ({key})
-            ASOF JOIN snap s ON b.t < s.as_of)""",
+            {_bucket('b.t')})""",
         # A purchase day counts from the bucket of its first order, and for the mean amount
         # from the bucket of its first positive one (a snapshot may fall inside a day).
         f"""buy_days AS (
@@ -521,17 +566,21 @@ def value_sql(ctx: SqlContext) -> str:
         f"LEFT JOIN spend sp ON b.{key} = sp.{key} AND b.as_of = sp.as_of",
     ]
     last_day = f"floor((b.as_of - 1) / {DAY_US})::BIGINT"
+    # The two amounts that feed a ranking (RFM's monetary score, whose ties share a score)
+    # and a fit (the peer) are rounded to 1e-6 before dividing: a sum of doubles depends
+    # on the order of its terms, which no engine fixes (DuckDB's varies run to run), and
+    # the last bit would otherwise decide a tie or move the optimizer's stopping point.
     cols = [
         f"b.{key}",
         "b.as_of",
         f"{_days_since('cu.last_order')} AS rfm_recency_days",
         "coalesce(cu.orders_total, 0) AS rfm_frequency",
-        "cu.revenue_total / nullif(cu.orders_total, 0) AS rfm_monetary",
+        "round(cu.revenue_total, 6) / nullif(cu.orders_total, 0) AS rfm_monetary",
         f"coalesce(sp.spend, 0) AS value_spend_{w}",
         "CASE WHEN cu.first_day IS NULL THEN NULL ELSE coalesce(cu.repeat_days, 0) END AS peer_frequency",
         "(cu.last_day - cu.first_day)::DOUBLE AS peer_recency",
         f"({last_day} - cu.first_day)::DOUBLE AS peer_T",
-        "cu.repeat_amount / nullif(cu.paid_days, 0) AS peer_monetary",
+        "round(cu.repeat_amount, 6) / nullif(cu.paid_days, 0) AS peer_monetary",
     ]
     if ctx.has(i):
         it = InteractionType

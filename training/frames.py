@@ -26,6 +26,7 @@ from crmdata.workspace import Workspace
 from features.build import add_snapshots, build_features, read_build_summary
 from features.catalog import EVENT_TIMESTAMP, NOT_MODEL_INPUTS
 from features.grid import snapshot_grid
+from features.history import sample_labels
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +78,28 @@ def ensure_snapshots(ws: Workspace, cutoffs: list[datetime]) -> None:
         log.info("no feature tables yet: building the default grid and %d training cutoffs", len(cutoffs))
         build_features(ws.lake, ws.feature_tables, sorted(set(snapshot_grid(ws.lake)) | set(cutoffs)))
         return
-    add_snapshots(ws.lake, ws.feature_tables, cutoffs)
+    # Training frames keep the history sample (labelled_frame), so a sampled snapshot will do.
+    add_snapshots(ws.lake, ws.feature_tables, cutoffs, complete=False)
 
 
 def labelled_frame(ws: Workspace, service: str, labels: pl.DataFrame, profile: str = "local") -> pd.DataFrame:
-    """The point-in-time training frame of ``labels`` through ``service``."""
+    """The point-in-time training frame of ``labels`` through ``service``, for the
+    entities of the build's history sample (``features.history``: all of them on a lake
+    below its cap), so every row has the features it needs at every snapshot."""
     from feast.errors import FeatureServiceNotFoundException
 
     from features.store import apply_workspace, feature_store
-    from features.training import training_frame
+    from features.training import service_join_keys, training_frame
 
     store = feature_store(ws, profile)
     try:
-        store.get_feature_service(service)
+        service_def = store.get_feature_service(service)
     except FeatureServiceNotFoundException:  # not applied yet in this workspace: register it now
         apply_workspace(store, ws, profile)
+        service_def = store.get_feature_service(service)
+    history = read_build_summary(ws.feature_tables).history
+    for key in service_join_keys(store, service_def):
+        labels = sample_labels(labels, key, history)
     return training_frame(store, service, labels)
 
 
