@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from crmdata.errors import CrmscoreError
 from training.calibration import Calibrator, Grading, score_1_99
 from training.encoding import Encoder, top_reasons
+from training.explain import explainer_for
 from training.registry import CHAMPION
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,9 @@ class ScoringModel:
 
     def contributions(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
         """Exact per-feature contributions to the raw margin (log-odds), rows × features (no bias column),
-        for the booster input ``x`` (already encoded)."""
-        return np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=threads))[:, :-1]
+        for the booster input ``x`` (already encoded): LightGBM's ``pred_contrib`` values, from the
+        booster's precomputed ``TreeExplainer`` (built on the first call, then kept)."""
+        return explainer_for(self.booster).contributions(x, threads)[:, :-1]
 
     def reasons(self, frame: pd.DataFrame, top: int = 3) -> list[dict[str, list[Reason]]]:
         """The top features pushing each score up and down (exact TreeSHAP, in log-odds).

@@ -8,9 +8,11 @@ last bit. It is ``training.model.ScoringModel`` applied to Arrow columns:
   service use) fed straight from Arrow columns, without a pandas frame per chunk;
 * probability, score and grade come from the model's own calibrator,
   ``score_1_99`` and grading;
-* reasons are LightGBM's exact ``pred_contrib`` with the indices picked by the
-  same ``top_reasons`` rule as ``ScoringModel.reasons``, turned into JSON text
-  column-wise (Arrow string kernels) instead of one Python dict per row.
+* reasons are exact TreeSHAP contributions (LightGBM's ``pred_contrib`` values, from
+  the booster's precomputed ``training.explain.TreeExplainer``, one per booster and
+  process) with the indices picked by the same ``top_reasons`` rule as
+  ``ScoringModel.reasons``, turned into JSON text column-wise (Arrow string kernels)
+  instead of one Python dict per row.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ import pyarrow.compute as pc
 from pipelines.scoring.types import FEATURE_TIMESTAMP, ReasonsMode
 from training.calibration import Calibrator, Grading, score_1_99
 from training.encoding import Encoder, top_reasons
+from training.explain import explainer_for
 
 if TYPE_CHECKING:
     from training.model import ScoringModel
 
 TOP_REASONS = 3
 #: ``reasons="top"`` explains only the best grades: churn high + medium, leads A + B
-#: (the top 30% someone acts on). TreeSHAP costs ~1-2 ms a row, a predict ~10 µs.
+#: (the top 30% someone acts on). The default is all rows: explaining costs a few times a
+#: predict (docs/batch-scoring.md, "How reasons are computed").
 TOP_GRADES = 2
 
 
@@ -147,7 +151,7 @@ class BinaryPredictor:
             need &= np.isin(grade.to_numpy(zero_copy_only=False), self.grading.labels[:TOP_GRADES])
         rows = np.flatnonzero(need) if self.reasons != "none" else np.empty(0, dtype=np.int64)
         if rows.size:
-            contrib = np.asarray(self.booster.predict(x[rows], pred_contrib=True, num_threads=1))[:, :-1]
+            contrib = explainer_for(self.booster).contributions(x[rows])[:, :-1]
             texts = self.reasons_json(contrib, table.take(pa.array(rows)))
             # Scatter back: row i takes text k where rows[k] == i, else null.
             position = np.full(n, -1, dtype=np.int64)

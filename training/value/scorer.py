@@ -28,6 +28,7 @@ import pandas as pd
 
 from crmdata.errors import CrmscoreError
 from training.encoding import Encoder
+from training.explain import explainer_for
 from training.model import Reason, _plain, reason_lists
 from training.tasks import VALUE
 from training.value.spec import SPEND_365, ValueSettings, ValueSpec, expected_margin, run_rate
@@ -106,10 +107,11 @@ class ValueModel:
         return pd.DataFrame({"clv": clv, "clv_low": low, "clv_high": high, "expected_margin": margin,
                              "tier": tier}, index=frame.index)
 
-    def contributions(self, x: np.ndarray) -> np.ndarray:
-        """Exact per-feature contributions to log(clv) (rows × features), from LightGBM's TreeSHAP.
+    def contributions(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Exact per-feature contributions to log(clv) (rows × features), TreeSHAP's (LightGBM's
+        ``pred_contrib`` values, from each booster's precomputed ``TreeExplainer``).
 
-        Tweedie: its raw score is log(mean), so ``pred_contrib`` is exact as it is. Two-part:
+        Tweedie: its raw score is log(mean), so the contributions are exact as they are. Two-part:
         log clv = log P(buy) + log E[spend | buy]; the spend model's raw score is that log
         (gamma objective) and its contributions are exact; the buy model's are in log-odds, and
         each feature's share of log σ(f) − log σ(f₀) is its share of f − f₀ (f₀ the bias), so the
@@ -117,9 +119,9 @@ class ValueModel:
         """
         # (The constant factors scale and horizon_factor only move the bias: no feature's share.)
         if self.spec.kind == "tweedie":
-            return self._raw("clv", x, pred_contrib=True)[:, :-1]
-        spend = self._raw("spend", x, pred_contrib=True)[:, :-1]
-        buy = self._raw("buy", x, pred_contrib=True)
+            return explainer_for(self.boosters["clv"]).contributions(x, threads)[:, :-1]
+        spend = explainer_for(self.boosters["spend"]).contributions(x, threads)[:, :-1]
+        buy = explainer_for(self.boosters["buy"]).contributions(x, threads)
         logit_contrib, bias = buy[:, :-1], buy[:, -1]
         f = bias + logit_contrib.sum(axis=1)
         log_sigmoid = -np.logaddexp(0.0, -f)
