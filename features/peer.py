@@ -38,13 +38,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from features.catalog import EVENT_TIMESTAMP, PEER_FEATURES, PEER_HORIZON_DAYS
+from features.catalog import EVENT_TIMESTAMP, JOIN_KEYS, PEER_FEATURES, PEER_HORIZON_DAYS
+from features.history import in_sample
 
 log = logging.getLogger(__name__)
 
 #: Fewer customers with a repeat purchase than this: no fit (BG/NBD's a, b and the
 #: Gamma-Gamma's p, q, v are not identified on a handful of repeat buyers).
 MIN_REPEAT_CUSTOMERS = 100
+#: A snapshot with more customers fits its parameters on a deterministic sample of about
+#: this many (``features.history.in_sample``) and predicts for everyone: seven parameters
+#: are pinned down by 50k customers to about 0.5%, and the fit's cost grows with its rows.
+FIT_CUSTOMERS = 50_000
 #: Input columns (``features.sql.PEER_SUMMARY``) and output columns.
 FREQUENCY, RECENCY, T, MONETARY = "peer_frequency", "peer_recency", "peer_T", "peer_monetary"
 P_ALIVE, EXPECTED_ORDERS, EXPECTED_SPEND = PEER_FEATURES
@@ -288,10 +293,12 @@ def predict_peer(
 
 
 def peer_features(
-    frame: pl.DataFrame, by: str = EVENT_TIMESTAMP, horizon: float = PEER_HORIZON_DAYS
+    frame: pl.DataFrame, by: str = EVENT_TIMESTAMP, horizon: float = PEER_HORIZON_DAYS,
+    key: str = JOIN_KEYS["customer"],
 ) -> pl.DataFrame:
     """``frame`` (rows of several snapshots ``by``, with the summary columns) with the peer
-    columns added, one fit per snapshot; the summary columns are dropped. Row order kept.
+    columns added, one fit per snapshot (on a sample of ``FIT_CUSTOMERS`` of a larger one),
+    predicted for every customer; the summary columns are dropped. Row order kept.
 
     Customers without a purchase (null ``peer_frequency``) get nulls; so does every row of
     a snapshot the peer cannot be fitted on, with one warning naming those snapshots and why.
@@ -305,12 +312,14 @@ def peer_features(
         arrays = [part[c].cast(pl.Float64).to_numpy() for c in (FREQUENCY, RECENCY, T, MONETARY)]
         try:
             # Each snapshot starts from the one before: neighbours' optima are close.
+            sample = in_sample(part[key], FIT_CUSTOMERS / part.height) if part.height > FIT_CUSTOMERS else slice(None)
+            fitted_on = [a[sample] for a in arrays]
             try:
-                fit = fit_peer(*arrays, start=previous)
+                fit = fit_peer(*fitted_on, start=previous)
             except PeerUnfit:
                 if previous is None:
                     raise
-                fit = fit_peer(*arrays)  # a warm start that went astray: from the initial point
+                fit = fit_peer(*fitted_on)  # a warm start that went astray: from the initial point
         except PeerUnfit as why:
             unfit.append((snapshot, why))
             continue
@@ -326,8 +335,9 @@ def peer_features(
         for name in PEER_FEATURES:
             out[name][rows] = predicted[name]
         log.info(
-            "peer at %s: %d customers (%d repeat), r=%.3g alpha=%.3g a=%.3g b=%.3g p=%.3g q=%.3g v=%.3g in %.1fs",
-            _label(snapshot), fit.customers, fit.repeat_customers, *vars(fit.params).values(), fit.seconds,
+            "peer at %s: fitted on %d of %d customers (%d repeat), r=%.3g alpha=%.3g a=%.3g b=%.3g p=%.3g q=%.3g "
+            "v=%.3g in %.1fs", _label(snapshot), fit.customers, part.height, fit.repeat_customers,
+            *vars(fit.params).values(), fit.seconds,
         )
     if unfit:
         # One line for the build, not one per snapshot: the snapshots and the newest reason.

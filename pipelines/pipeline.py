@@ -62,6 +62,9 @@ class StepRecord(BaseModel):
     status: str  # ran | skipped (already done) | not applicable
     seconds: float
     detail: str = ""
+    #: The process's peak resident memory so far (GB) when the step ended: where it rose
+    #: is the step that needed it.
+    peak_rss_gb: float | None = None
     finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -168,6 +171,13 @@ STEPS: tuple[tuple[str, StepFn], ...] = (
 )
 
 
+def _peak_rss_gb() -> float:
+    import resource
+
+    # Linux reports ru_maxrss in KiB.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
 def _read_state(path: Path) -> PipelineState:
     if not path.exists():
         return PipelineState()
@@ -209,7 +219,7 @@ def run_pipeline(ws: Workspace, source: Source, *, force: bool = False, profile:
             detail = fn(ctx)
             status = "not applicable" if detail.startswith("not applicable") else "ran"
             record = StepRecord(name=name, status=status, seconds=round(time.perf_counter() - started, 2),
-                                detail=detail)
+                                detail=detail, peak_rss_gb=_peak_rss_gb())
             state.done[name] = record
             _write_state(state_path, state)
         records.append(record)

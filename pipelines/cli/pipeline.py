@@ -51,10 +51,11 @@ def pipeline_run(
         return
     table = Table(title=f"pipeline: {source.describe()}")
     # Short columns are never broken (80-column terminals); the detail wraps between words.
-    for header in ("step", "status", "seconds"):
-        table.add_column(header, no_wrap=True, justify="right" if header == "seconds" else "left")
+    for header in ("step", "status", "seconds", "peak GB"):
+        table.add_column(header, no_wrap=True, justify="left" if header in ("step", "status") else "right")
     table.add_column("detail", overflow="fold")
     for r in records:
-        table.add_row(r.name, r.status, f"{r.seconds:.1f}", r.detail)
-    table.add_row("total", "", f"{sum(r.seconds for r in records):.1f}", "")
+        table.add_row(r.name, r.status, f"{r.seconds:.1f}", f"{r.peak_rss_gb:.1f}" if r.peak_rss_gb else "", r.detail)
+    peak = max((r.peak_rss_gb or 0.0 for r in records), default=0.0)
+    table.add_row("total", "", f"{sum(r.seconds for r in records):.1f}", f"{peak:.1f}" if peak else "", "")
     console.print(table)
