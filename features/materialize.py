@@ -151,6 +151,36 @@ def _materialize_bulk(
     return rest
 
 
+def write_online(store: FeatureStore, view_name: str, table: Any) -> bool:
+    """Write an Arrow table of a view's rows (its join key, its source's timestamp
+    field, its features) to the online store as Feast's ``write_to_online_store``
+    (what ``FeatureStore.push`` to the online store calls) would: the same bytes,
+    through the bulk writer. Returns False, having written nothing, where only Feast
+    can write it (another store, a view of several join keys or non-scalar types)."""
+    from feast import FeatureView
+
+    writer = _bulk_writer(store)
+    view = store.get_feature_view(view_name)
+    if writer is None or not isinstance(view, FeatureView) or not _scalar_view(view):
+        return False
+    source = view.batch_source
+    if source is None or source.field_mapping:
+        return False
+    key = view.entity_columns[0].name
+    table = table.select([key, source.timestamp_field, *(f.name for f in view.features)])
+    if all(table.column(f.name).null_count == table.num_rows for f in view.features):
+        # Feast writes nothing when every feature is null (it warns; so do we).
+        log.warning("%s: every feature is null, nothing written to the online store", view_name)
+        return True
+    text = writer is _write_sqlite
+    if text:
+        table = _in_key_order(table, key)
+    version = store.config.entity_key_serialization_version
+    for offset in range(0, table.num_rows, MATERIALIZE_BATCH):
+        writer(store, view, encode_rows(view, table.slice(offset, MATERIALIZE_BATCH), version=version, text=text))
+    return True
+
+
 def _bulk_writer(store: FeatureStore) -> Writer | None:
     """The bulk writer for the store's online store, or None where Feast must write."""
     from feast.infra.online_stores.redis import RedisOnlineStore
@@ -171,8 +201,8 @@ def _bulk_writer(store: FeatureStore) -> Writer | None:
 
 
 def _bulk_supported(view: Any) -> bool:
-    """A view the bulk path writes exactly as Feast does: a plain ``FileSource``, one
-    join key, scalar feature types (``features.codec.SCALAR_VALUE_TYPES``)."""
+    """A view the bulk path materializes exactly as Feast does: a plain ``FileSource``
+    and ``_scalar_view``."""
     from feast import FileSource
 
     source = view.batch_source
@@ -180,8 +210,14 @@ def _bulk_supported(view: Any) -> bool:
         isinstance(source, FileSource)
         and not source.field_mapping
         and not source.created_timestamp_column
-        and len(view.entity_columns) == 1
-        and all(f.dtype.to_value_type().name in SCALAR_VALUE_TYPES for f in view.features)
+        and _scalar_view(view)
+    )
+
+
+def _scalar_view(view: Any) -> bool:
+    """One join key and scalar feature types (``features.codec.SCALAR_VALUE_TYPES``)."""
+    return len(view.entity_columns) == 1 and all(
+        f.dtype.to_value_type().name in SCALAR_VALUE_TYPES for f in view.features
     )
 
 

@@ -3,8 +3,9 @@
 * ``push_online``: a run's rows into the ``<task>_scores`` feature view through
   its push source (``features/feature_views.py``), so the service and apps read
   precomputed scores with ``get_online_features`` by the same entity key as
-  every other feature. Pushing is Feast's own
-  ``FeatureStore.push``, in batches; a newer push replaces an entity's row.
+  every other feature. The rows go through the bulk writer of ``features.materialize``
+  (the bytes Feast's push writes, at bulk speed), or Feast's own ``FeatureStore.push``,
+  in batches, where that cannot (list-valued scores); a newer push replaces an entity's row.
 * ``write_postgres``: the run into ``<schema>.<task>_scores`` (created if
   needed; primary key entity + as_of). One transaction deletes the rows of that
   as_of and copies the new ones in, so a rerun replaces, never duplicates, and a
@@ -34,6 +35,7 @@ from features.catalog import (
     SCORE_TIMESTAMP,
     SCORE_VIEW_NAMES,
 )
+from features.materialize import write_online
 from features.store import feature_store
 from pipelines.scoring.migration import MIGRATION_TABLE
 from pipelines.scoring.table import latest_partition, partition_dir, read_manifest
@@ -83,14 +85,17 @@ def push_online(ws: Workspace, task: str, as_of: datetime | None = None, profile
         raise CrmscoreError(f"{task} scores have no online view (features.catalog.SCORE_VIEW_NAMES); "
                             "publish them with --to-postgres")
     _require_view(store, view)
-    frame = _push_frame(task, table)
-    for start in range(0, len(frame), PUSH_BATCH):
-        store.push(f"{view}_push", frame.iloc[start:start + PUSH_BATCH], to=PushMode.ONLINE)
+    # The bulk writer writes what the push would (features.materialize.write_online);
+    # Feast's push is the way for what it cannot (list-valued scores, other stores).
+    if not write_online(store, view, table):
+        frame = _push_frame(task, table)
+        for start in range(0, len(frame), PUSH_BATCH):
+            store.push(f"{view}_push", frame.iloc[start:start + PUSH_BATCH], to=PushMode.ONLINE)
     seconds = time.perf_counter() - started
-    log.info("pushed %d %s scores (as of %s) into the online store in %.1fs", len(frame), task,
+    log.info("pushed %d %s scores (as of %s) into the online store in %.1fs", table.num_rows, task,
              f"{manifest.as_of:%Y-%m-%d}", seconds)
     return PublishSummary(task=task, target=f"feast online store ({view})", as_of=manifest.as_of,
-                          rows=len(frame), seconds=round(seconds, 3), model_version=manifest.model_version)
+                          rows=table.num_rows, seconds=round(seconds, 3), model_version=manifest.model_version)
 
 
 def _require_view(store: FeatureStore, view: str) -> None:
