@@ -1,13 +1,13 @@
 """The history sample: every entity now, a fixed sample of them in the past.
 
 Serving and batch scoring need every customer and lead at the newest snapshots; the
-older snapshots only feed training and backtests, which learn as well from a large
-sample as from everyone. So when a lake has more than ``HISTORY_ENTITIES`` customers
+older snapshots only feed training and backtests, which need a large sample, not
+everyone. So when a lake has more than ``HISTORY_ENTITIES`` customers
 (or leads), the older snapshots of the customer, customer-value and lead tables hold a
 deterministic sample of about that many of them, and every point-in-time frame with
-labels (``training.frames.labelled_frame``) keeps the same sample. A million-customer
-lake then costs about what a 100k one does to build and train, instead of 10x
-(BENCHMARKS.md, "million customers").
+labels (``training.frames.labelled_frame``) keeps the same sample. The history of a
+million-customer lake then costs what a 50k one's does to build and train, instead of
+20x; only the newest snapshots grow with the lake (BENCHMARKS.md, "million customers").
 
 The sample is a pure function of an id and the fraction (the first 8 bytes of the id's
 MD5 against ``fraction``), so a rebuild, another process or another engine picks the
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 Frame = TypeVar("Frame", pl.DataFrame, pd.DataFrame)
 
 #: Entities of each kind kept at the older snapshots (about: the sample is by hash).
-HISTORY_ENTITIES = 100_000
+HISTORY_ENTITIES = 50_000
 #: The newest snapshots hold every entity: scoring reads the newest and the week before.
 FULL_SNAPSHOTS = 2
 
