@@ -301,6 +301,54 @@ def test_reader_returns_what_feast_returns(serving_world: ServingWorld) -> None:
             assert (pd.isna(got) and pd.isna(want)) or got == pytest.approx(want), feature
 
 
+def test_grouped_sqlite_read_equals_feast_where_the_text_cannot_say_the_value(
+        serving_world: ServingWorld, tmp_path: Path) -> None:
+    """The SQLite reader takes values from Feast's ``value_text`` (one row per entity);
+    where the text cannot give the value the stored blob does, it must read the blob: a
+    string holding the reader's separators, an int stored in a float column, a value
+    without text, a stored null. On a copy of the store, against Feast's own read."""
+    import shutil
+    from datetime import UTC, datetime
+
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    from crmdata.workspace import Workspace
+    from features.codec import entity_keys
+    from features.online import read_online
+    from features.store import feature_store
+
+    home = tmp_path / "home"
+    shutil.copytree(serving_world.ws.home / "feast", home / "feast")
+    store = feature_store(Workspace(home))
+    kinds = {f.name: f.dtype.to_value_type().name for f in store.get_feature_view("customer_features").features}
+    text = next(n for n, k in kinds.items() if k == "STRING")
+    number = next(n for n, k in kinds.items() if k == "DOUBLE")
+    ids = serving_world.customer_ids[:5]
+    keys = entity_keys(("customer_id",), [(i,) for i in ids], store.config.entity_key_serialization_version)
+    db = home / "feast" / "online_store.db"
+    table = next(t for (t,) in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")
+                 if t.endswith("customer_features"))
+    edits = [  # (entity, feature, stored ValueProto, value_text)
+        (keys[0], text, ValueProto(string_val="a\x1eb\x1fc\x1dd"), "a\x1eb\x1fc\x1dd"),
+        (keys[1], number, ValueProto(int64_val=3), "3"),
+        (keys[2], number, ValueProto(double_val=2.5), None),
+        (keys[3], number, ValueProto(), None),
+    ]
+    with sqlite3.connect(db) as conn:
+        for key, feature, proto, value_text in edits:
+            conn.execute(f'update "{table}" set value = ?, value_text = ? where entity_key = ? and feature_name = ?',
+                         (proto.SerializeToString(), value_text, key, feature))
+    now = datetime(2100, 1, 1, tzinfo=UTC)
+    fast = read_online(store, "churn_v1", ids, now=now)
+    sdk = read_online(store, "churn_v1", ids, now=now, fast=False)
+    assert fast.freshness == sdk.freshness and fast.found == [True] * 5
+    assert fast.columns[text][0] == "a\x1eb\x1fc\x1dd"
+    assert [fast.columns[number][i] for i in (1, 2, 3)] == [3, 2.5, None]
+    for feature, values in fast.columns.items():
+        for got, want in zip(values, list(sdk.columns[feature]), strict=True):
+            assert type(got) is type(want) and (got == want or (pd.isna(got) and pd.isna(want))), (feature, got, want)
+
+
 def test_encoder_and_reasons_match_the_scoring_model(serving_world: ServingWorld, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
     from datetime import UTC, datetime
