@@ -58,6 +58,8 @@ class Run:
     cpu: float
     peak_gb: float
     steps: list[dict] = field(default_factory=list)
+    #: The machine line (cores, memory, date, load) when this run started.
+    machine: str = ""
 
 
 def _child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[float, float, float, str]:
@@ -72,13 +74,24 @@ def _child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[float, 
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20, out
 
 
-def run_size(customers: int, work: Path) -> list[Run]:
+def run_size(customers: int, work: Path, reuse: bool) -> list[Run]:
+    saved = work / f"runs-{customers}.json"
+    if reuse and saved.exists():
+        log.info("%d customers: reusing %s", customers, saved)
+        return [Run(**r) for r in json.loads(saved.read_text())]
+    runs = _measure(customers, work)
+    saved.write_text(json.dumps([vars(r) for r in runs]))
+    return runs
+
+
+def _measure(customers: int, work: Path) -> list[Run]:
     home = work / f"home-{customers}"
     env = {**os.environ, "CRMSCORE_HOME": str(home)}
     log.info("%d customers: pipeline run (embedded profile) …", customers)
+    started_on = machine()
     wall, cpu, peak, out = _child([str(CRMSCORE), "pipeline", "run", "--world", str(customers), "--force", "--json"],
                                   env, work / f"local-{customers}.log")
-    runs = [Run(customers, "local", wall, cpu, peak, json.loads(out))]
+    runs = [Run(customers, "local", wall, cpu, peak, json.loads(out), started_on)]
     log.info("%d customers: %.0f s wall, %.0f s CPU, %.1f GB", customers, wall, cpu, peak)
     with private_redis(work) as url:
         if url is None:
@@ -102,7 +115,8 @@ def render(runs: list[Run], started_on: str) -> str:
         "apply/materialize/score all/push scores again with `--profile redis` (private redis-server, SQLite registry)."),
         ("How: `.venv/bin/python bench/bench_million.py`; one child process per run, wall time from outside, CPU and "
         "peak RSS from `os.wait4`; per-step seconds and peak RSS (so far) from the run's own `--json` records."),
-        f"Machine: {started_on}.",
+        f"Machine: {started_on}; each size's run started at: "
+        + "; ".join(f"{n:,}: {local[n].machine.split(', ', 3)[-1] or 'this run'}" for n in sizes) + ".",
         "",
         "| customers | wall | CPU s | peak RSS | goal (1M) | met |",
         "|---:|---:|---:|---:|---|---|",
@@ -140,6 +154,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,300000,1000000")
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a size's figures from an earlier run in --keep (runs-N.json) instead of rerunning")
     args = parser.parse_args()
     started_on = machine()
     runs: list[Run] = []
@@ -147,7 +163,7 @@ def main() -> None:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for n in (int(s) for s in args.sizes.split(",")):
-            runs += run_size(n, work)
+            runs += run_size(n, work, args.reuse)
             body = render(runs, started_on)
             print(body)
             if not args.no_write:
