@@ -1,23 +1,26 @@
-"""Exact TreeSHAP contributions of a LightGBM booster, ~10x faster than its ``pred_contrib``.
+"""Exact TreeSHAP contributions of a LightGBM booster at a few times the cost of a predict.
 
 ``TreeExplainer.of(booster)`` reads the trees once (``dump_model``) and precomputes
 per-leaf tables; ``contributions(x)`` then gives, for every row, what
 ``booster.predict(x, pred_contrib=True)`` gives: rows × (features + 1), the last
-column the expected value, equal to LightGBM's within float rounding (~1e-12).
+column the expected value, equal to LightGBM's within float rounding (~1e-14), at
+~7-10x a bare predict instead of pred_contrib's ~80-90x (BENCHMARKS.md, "reasons").
 
 Why it is exact and why it is fast (path-dependent TreeSHAP, as LightGBM computes it):
 a leaf ``l`` with value ``v`` and the distinct features ``U`` (``d`` of them) split on
 its root path adds to feature ``i`` in ``U``
 
-    v · (p_i − z_i) · Σ_k w(d, k) · [t^k] Π_{j∈U, j≠i} (z_j + p_j t),   w(d, k) = k!(d−1−k)!/d!
+    φ_i = v · (p_i − z_i) · W_i,   W_i = Σ_k w(d, k) · [t^k] Π_{j∈U, j≠i} (z_j + p_j t),
+    w(d, k) = k!(d−1−k)!/d!
 
 where ``z_j`` is the share of training rows (LightGBM's counts) that follow the path at
 ``j``'s splits and ``p_j`` is 1 when the row satisfies all of ``j``'s conditions on the
-path, else 0. The row enters only through the bit pattern ``p`` (``d`` bits), so each
-leaf's ``2^d × d`` answers are computed once (FastTreeSHAP's "v2" idea) and a row costs
-one table read per (leaf, path feature). Leaves deeper than ``MAX_TABLE_DEPTH``
-distinct features are computed per row by the same formula (O(d²)), which bounds
-memory at 2^d·d·8 bytes a leaf. The expected value is Σ_l v_l · count_l / count_root.
+path, else 0. The row enters only through those ``d`` bits, and W_i only through the
+other d − 1: so each leaf's W_i are tabled once for all 2^(d−1) patterns of the others
+(FastTreeSHAP's "v2" idea, at half its memory) and a row costs one table read and one
+multiply per (leaf, path feature). Leaves with more than ``MAX_TABLE_DEPTH`` distinct
+features (or past the memory budget, deepest first) are computed per row by the same
+formula in O(d²). The expected value is Σ_l v_l · count_l / count_root.
 
 The split decisions are LightGBM's own (``tree.h``): numerical ``x <= threshold`` with
 missing types None / Zero / NaN and ``default_left`` (NaN counts as 0 unless the missing
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Leaves with more distinct path features than this get no table (computed per row instead):
-#: a table holds 2^d·d float64, 80 KiB at d = 10.
+#: a leaf's table holds 2^(d−1)·d float64, 40 KiB at d = 10.
 MAX_TABLE_DEPTH = 10
 #: ... and the tables of one booster stay under this (the deepest leaves go first).
 MAX_TABLE_BYTES = 64 << 20
@@ -91,6 +94,7 @@ class _Forest:
     tables: np.ndarray  # float64[...]
     weights: np.ndarray  # float64[depth + 1, depth]: w(d, k)
     expected: float  # Σ of the trees' expected values (the bias column)
+    table_depth: int  # leaves with up to this many distinct features have tables
 
 
 class TreeExplainer:
@@ -125,6 +129,17 @@ class TreeExplainer:
     def table_bytes(self) -> int:
         """Memory of the precomputed tables (the rest of the forest is a few arrays of nodes)."""
         return int(self._forest.tables.nbytes)
+
+    @property
+    def table_depth(self) -> int:
+        """Leaves with up to this many distinct path features are tabled (the rest computed per row)."""
+        return self._forest.table_depth
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of all its arrays (tables included)."""
+        f = self._forest
+        return sum(a.nbytes for a in vars(f).values() if isinstance(a, np.ndarray))
 
     def contributions(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
         """``pred_contrib``'s output for ``x`` (rows × features): rows × (features + 1)."""
@@ -194,7 +209,7 @@ def _build(trees: list[dict[str, Any]], max_table_depth: int, max_table_bytes: i
         raise ValueError(f"a leaf has {depth} distinct features on its path; at most 62 are supported")
 
     def sizes_at(cap: int) -> np.ndarray:  # table entries of each leaf with tables up to cap features
-        return np.where(leaf_d <= cap, (1 << np.minimum(leaf_d, cap)) * leaf_d, 0)
+        return np.where(leaf_d <= cap, (1 << np.clip(leaf_d - 1, 0, cap)) * leaf_d, 0)
 
     while max_table_depth > 0 and int(sizes_at(max_table_depth).sum()) * 8 > max_table_bytes:
         max_table_depth -= 1
@@ -223,9 +238,9 @@ def _build(trees: list[dict[str, Any]], max_table_depth: int, max_table_bytes: i
         tables=np.zeros(int(sizes.sum()), dtype=np.float64),
         weights=_weights(depth),
         expected=expected,
+        table_depth=max_table_depth,
     )
-    _fill_tables(forest.leaf_value, forest.leaf_d, forest.leaf_feat, forest.zs, forest.leaf_table,
-                 forest.tables, forest.weights)
+    _fill_tables(forest.leaf_d, forest.leaf_feat, forest.zs, forest.leaf_table, forest.tables, forest.weights)
     return forest
 
 
@@ -313,51 +328,45 @@ def _weights(depth: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _leaf_phi(d: int, z: np.ndarray, p: np.ndarray, v: float, w: np.ndarray, poly: np.ndarray,
-              out: np.ndarray) -> None:
-    """out[i] = v (p_i − z_i) Σ_k w(d,k) [t^k] Π_{j≠i} (z_j + p_j t), for i < d, in O(d²)."""
-    poly[0] = 1.0
-    for k in range(1, d + 1):
-        poly[k] = 0.0
-    for j in range(d):
-        for k in range(j + 1, 0, -1):
-            poly[k] = poly[k] * z[j] + poly[k - 1] * p[j]
-        poly[0] *= z[j]
-    for i in range(d):
-        s = 0.0
-        if p[i] != 0.0:
-            # Divide out (z_i + t), from the top coefficient down (stable: 0 < z_i <= 1).
-            q = poly[d]
-            s = w[d, d - 1] * q
-            for k in range(d - 1, 0, -1):
-                q = poly[k] - z[i] * q
-                s += w[d, k - 1] * q
-        elif z[i] != 0.0:
-            for k in range(d):
-                s += w[d, k] * poly[k]
-            s /= z[i]
-        else:
-            # z_i = 0 and p_i = 0: the leaf term is 0 (its factor p_i − z_i is 0).
-            s = 0.0
-        out[i] = v * (p[i] - z[i]) * s
+def _fill_tables(leaf_d: np.ndarray, leaf_feat: np.ndarray, zs: np.ndarray, leaf_table: np.ndarray,
+                 tables: np.ndarray, w: np.ndarray) -> None:
+    """For each tabled leaf and each of its features i, W_i over the patterns of the others:
+    ``tables[off + i·2^(d−1) + others] = Σ_k w(d, k) [t^k] Π_{j≠i} (z_j + p_j t)``.
 
-
-@njit(cache=True, nogil=True)
-def _fill_tables(leaf_value: np.ndarray, leaf_d: np.ndarray, leaf_feat: np.ndarray, zs: np.ndarray,
-                 leaf_table: np.ndarray, tables: np.ndarray, w: np.ndarray) -> None:
+    The row's own bit p_i only scales W_i (by 1 − z_i or −z_i), so it is not an index: half the
+    table of the row's whole pattern. Each pattern's product over all d features is built once
+    (O(d²)) and (z_i + t) divided out of it for every i it has set, from the top coefficient
+    down (stable: 0 < z_i <= 1); every (i, others) pair is reached exactly once that way.
+    """
     depth = w.shape[0]
     poly = np.empty(depth + 1)
-    p = np.empty(depth)
-    for leaf in range(leaf_value.shape[0]):
+    for leaf in range(leaf_d.shape[0]):
         off = leaf_table[leaf]
         if off < 0:
             continue
         d = leaf_d[leaf]
-        z = zs[leaf_feat[leaf]:leaf_feat[leaf] + d]
-        for pattern in range(1 << d):
-            for k in range(d):
-                p[k] = float((pattern >> k) & 1)
-            _leaf_phi(d, z, p, leaf_value[leaf], w, poly, tables[off + pattern * d:off + (pattern + 1) * d])
+        f0 = leaf_feat[leaf]
+        half = np.int64(1) << (d - 1)
+        for pattern in range(np.int64(1) << d):
+            poly[0] = 1.0
+            for k in range(1, d + 1):
+                poly[k] = 0.0
+            for j in range(d):
+                zj = zs[f0 + j]
+                pj = float((pattern >> j) & 1)
+                for k in range(j + 1, 0, -1):
+                    poly[k] = poly[k] * zj + poly[k - 1] * pj
+                poly[0] *= zj
+            for i in range(d):
+                if (pattern >> i) & 1:
+                    zi = zs[f0 + i]
+                    q = poly[d]
+                    s = w[d, d - 1] * q
+                    for k in range(d - 1, 0, -1):
+                        q = poly[k] - zi * q
+                        s += w[d, k - 1] * q
+                    others = ((pattern >> (i + 1)) << i) | (pattern & ((np.int64(1) << i) - 1))
+                    tables[off + i * half + others] = s
 
 
 @njit(cache=True, nogil=True)
@@ -383,7 +392,8 @@ def _explain(x: np.ndarray, out: np.ndarray, lo: int, hi: int, tree_node: np.nda
     acc = np.zeros((n_features, block))  # its contributions, feature-major
     node_pattern = np.empty((max_nodes, block), dtype=np.int64)
     leaf_pattern = np.empty((max_nodes, block), dtype=np.int64)
-    poly = np.empty(depth + 1)
+    poly = np.empty((depth + 1, block))
+    bits, q, s0, s1 = np.empty(block), np.empty(block), np.empty(block), np.empty(block)
     for b0 in range(lo, hi, block):
         nb = min(b0 + block, hi) - b0
         for r in range(nb):
@@ -440,41 +450,61 @@ def _explain(x: np.ndarray, out: np.ndarray, lo: int, hi: int, tree_node: np.nda
                 pat = leaf_pattern[leaf - ls]
                 off = leaf_table[leaf]
                 if off >= 0:
-                    for r in range(nb):
-                        base = off + (pat[r] & mask) * d
-                        for k in range(d):
-                            acc[feats[f0 + k], r] += tables[base + k]
+                    # φ_k = v (p_k − z_k) W_k(the others' bits). Feature by feature, so acc is written
+                    # along its rows (contiguous).
+                    half = np.int64(1) << (d - 1)
+                    v = leaf_value[leaf]
+                    for k in range(d):
+                        row = acc[feats[f0 + k]]
+                        zk = zs[f0 + k]
+                        met, unmet = v * (1.0 - zk), -v * zk
+                        base = off + k * half
+                        low = (np.int64(1) << k) - 1
+                        for r in range(nb):
+                            pattern = pat[r] & mask
+                            others = ((pattern >> (k + 1)) << k) | (pattern & low)
+                            row[r] += tables[base + others] * (met if (pattern >> k) & 1 else unmet)
                     continue
-                # A leaf too deep for a table: _leaf_phi's formula, written out (no call per row).
+                # A leaf too deep for a table: _leaf_phi's formula for the whole block, each step a
+                # loop over the rows (independent of each other, so vector code).
                 v = leaf_value[leaf]
                 for r in range(nb):
-                    pattern = pat[r] & mask
-                    poly[0] = 1.0
-                    for k in range(1, d + 1):
-                        poly[k] = 0.0
-                    for j in range(d):
-                        zj = zs[f0 + j]
-                        if (pattern >> j) & 1:
-                            for k in range(j + 1, 0, -1):
-                                poly[k] = poly[k] * zj + poly[k - 1]
-                        else:
-                            for k in range(j + 1, 0, -1):
-                                poly[k] = poly[k] * zj
-                        poly[0] *= zj
-                    for i in range(d):
-                        zi = zs[f0 + i]
-                        s = 0.0
-                        if (pattern >> i) & 1:
-                            q = poly[d]
-                            s = w[d, d - 1] * q
-                            for k in range(d - 1, 0, -1):
-                                q = poly[k] - zi * q
-                                s += w[d, k - 1] * q
-                            acc[feats[f0 + i], r] += v * (1.0 - zi) * s
-                        elif zi != 0.0:
-                            for k in range(d):
-                                s += w[d, k] * poly[k]
-                            acc[feats[f0 + i], r] -= v * s
+                    poly[0, r] = 1.0
+                for k in range(1, d + 1):
+                    for r in range(nb):
+                        poly[k, r] = 0.0
+                for j in range(d):
+                    zj = zs[f0 + j]
+                    for r in range(nb):
+                        bits[r] = float((pat[r] >> j) & 1)
+                    for k in range(j + 1, 0, -1):
+                        # (1-D rows: no index arithmetic in the inner loop, which then vectorizes)
+                        upper, lower = poly[k], poly[k - 1]
+                        for r in range(nb):
+                            upper[r] = upper[r] * zj + lower[r] * bits[r]
+                    lowest = poly[0]
+                    for r in range(nb):
+                        lowest[r] *= zj
+                for r in range(nb):
+                    s0[r] = 0.0
+                for k in range(d):
+                    wk, coef = w[d, k], poly[k]
+                    for r in range(nb):
+                        s0[r] += wk * coef[r]
+                for i in range(d):
+                    zi = zs[f0 + i]
+                    top = poly[d]
+                    for r in range(nb):
+                        q[r] = top[r]
+                        s1[r] = w[d, d - 1] * top[r]
+                    for k in range(d - 1, 0, -1):
+                        wk, coef = w[d, k - 1], poly[k]
+                        for r in range(nb):
+                            q[r] = coef[r] - zi * q[r]
+                            s1[r] += wk * q[r]
+                    fi, up = feats[f0 + i], v * (1.0 - zi)
+                    for r in range(nb):
+                        acc[fi, r] += up * s1[r] if (pat[r] >> i) & 1 else -v * s0[r]
         for r in range(nb):
             for f in range(n_features):
                 out[b0 + r, f] += acc[f, r]
