@@ -129,13 +129,15 @@ def render(runs: list[Run], started_on: str) -> str:
     names = [s["name"] for s in local[sizes[-1]].steps]
     header = " | ".join(f"{n:,}" for n in sizes)
     lines += ["", "Per step, embedded profile (seconds; peak RSS so far in GB, at the largest size):", "",
-              f"| step | {header} | growth ×{sizes[-1] // sizes[0]} | peak GB |",
-              "|---|" + "---:|" * (len(sizes) + 2)]
+              f"| step | {header} | growth ×{sizes[-1] // sizes[0]} | CPU s at {sizes[-1]:,} | peak GB |",
+              "|---|" + "---:|" * (len(sizes) + 3)]
     for name in names:
         secs = [next((s["seconds"] for s in local[n].steps if s["name"] == name), float("nan")) for n in sizes]
         growth = secs[-1] / secs[0] if secs[0] else float("nan")
-        peak = next(s.get("peak_rss_gb") for s in local[sizes[-1]].steps if s["name"] == name)
-        lines.append(f"| {name} | " + " | ".join(f"{s:.1f}" for s in secs) + f" | {growth:.1f} | {peak or ''} |")
+        last = next(s for s in local[sizes[-1]].steps if s["name"] == name)
+        cpu = f"{last['cpu_seconds']:.0f}" if last.get("cpu_seconds") is not None else "—"
+        lines.append(f"| {name} | " + " | ".join(f"{s:.1f}" for s in secs)
+                     + f" | {growth:.1f} | {cpu} | {last.get('peak_rss_gb') or ''} |")
     if redis:
         lines += ["", "Redis profile, the same homes (seconds):", "", f"| step | {header} |",
                   "|---|" + "---:|" * len(sizes)]

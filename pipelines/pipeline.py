@@ -65,6 +65,8 @@ class StepRecord(BaseModel):
     #: The process's peak resident memory so far (GB) when the step ended: where it rose
     #: is the step that needed it.
     peak_rss_gb: float | None = None
+    #: CPU seconds the step used (all threads): on a shared machine, the work it cost.
+    cpu_seconds: float | None = None
     finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -214,12 +216,13 @@ def run_pipeline(ws: Workspace, source: Source, *, force: bool = False, profile:
                                 detail=f"done {state.done[name].finished_at:%Y-%m-%d %H:%M} UTC")
         else:
             rerun_rest = True
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             log.info("pipeline step %s …", name)
             detail = fn(ctx)
             status = "not applicable" if detail.startswith("not applicable") else "ran"
             record = StepRecord(name=name, status=status, seconds=round(time.perf_counter() - started, 2),
-                                detail=detail, peak_rss_gb=_peak_rss_gb())
+                                detail=detail, peak_rss_gb=_peak_rss_gb(),
+                                cpu_seconds=round(time.process_time() - cpu, 1))
             state.done[name] = record
             _write_state(state_path, state)
         records.append(record)
