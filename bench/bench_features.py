@@ -312,16 +312,15 @@ def raw_redis_write(client, project: str) -> tuple[Clock, int, list[bytes]]:
             pipe.hgetall(key)
         hashes = pipe.execute()
         fields = list(hashes[0])
-        args = np.empty((len(chunk), 2 * len(fields)), dtype=object)
-        for j, field in enumerate(fields):
-            args[:, 2 * j] = field
+        columns = []
+        for field in fields:
             column = np.empty(len(chunk), dtype=object)
             column[:] = [h[field] for h in hashes]
-            args[:, 2 * j + 1] = column
+            columns.append(column)
         raw = np.empty(len(chunk), dtype=object)
         raw[:] = [b"raw:" + k for k in chunk]
         with clock():
-            send_hsets(client, raw, args)
+            send_hsets(client, raw, fields, columns)
         client.delete(*raw.tolist())  # keep the server's memory to one copy
     return clock, len(keys), keys
 

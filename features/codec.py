@@ -184,9 +184,9 @@ def _encode_doubles(values: np.ndarray, text: bool) -> tuple[np.ndarray, np.ndar
     packed = np.empty((n, 9), dtype=np.uint8)
     packed[:, 0] = _DOUBLE_TAG
     packed[:, 1:] = values.astype("<f8", copy=False).view(np.uint8).reshape(n, 8)
-    flat = packed.tobytes()
     blobs = np.empty(n, dtype=object)
-    blobs[:] = [flat[i : i + 9] for i in range(0, 9 * n, 9)]
+    # A 9-byte void item converts to its bytes, trailing zeros included.
+    blobs[:] = packed.view("V9").ravel().tolist()
     texts = None
     if text:
         texts = np.empty(n, dtype=object)

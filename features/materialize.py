@@ -131,7 +131,6 @@ def _materialize_bulk(
 
     writer = _bulk_writer(store)
     text = writer is _write_sqlite  # SQLite stores a value_text beside each value
-    version = store.config.entity_key_serialization_version
     registered = {v.name: v for v in store.list_feature_views() if v.online}
     rest: list[str] = []
     for name in views:
@@ -139,11 +138,7 @@ def _materialize_bulk(
         if writer is None or view is None or not _bulk_supported(view):
             rest.append(name)
             continue
-        frame = _latest_rows(view, start_date, end_date)
-        if text:
-            frame = _in_key_order(frame, view.entity_columns[0].name)
-        for offset in range(0, frame.num_rows, MATERIALIZE_BATCH):
-            writer(store, view, encode_rows(view, frame.slice(offset, MATERIALIZE_BATCH), version=version, text=text))
+        _write_table(store, writer, view, _latest_rows(view, start_date, end_date), text=text)
         # What Feast's materialize records after writing a view.
         store.registry.apply_materialization(
             view, store.project, feast_utils.make_tzaware(start_date), feast_utils.make_tzaware(end_date)
@@ -172,13 +167,19 @@ def write_online(store: FeatureStore, view_name: str, table: Any) -> bool:
         # Feast writes nothing when every feature is null (it warns; so do we).
         log.warning("%s: every feature is null, nothing written to the online store", view_name)
         return True
-    text = writer is _write_sqlite
+    _write_table(store, writer, view, table, text=writer is _write_sqlite)
+    return True
+
+
+def _write_table(store: FeatureStore, writer: Writer, view: Any, table: Any, *, text: bool) -> None:
+    """Encode and write a view's rows (one per entity), ``MATERIALIZE_BATCH`` at a time;
+    ``text``: SQLite's value_text too, and the rows in key order. (Encoding the next
+    batch in a thread while this one is written saved 3-7 %, within noise: not kept.)"""
     if text:
-        table = _in_key_order(table, key)
+        table = _in_key_order(table, view.entity_columns[0].name)
     version = store.config.entity_key_serialization_version
     for offset in range(0, table.num_rows, MATERIALIZE_BATCH):
         writer(store, view, encode_rows(view, table.slice(offset, MATERIALIZE_BATCH), version=version, text=text))
-    return True
 
 
 def _bulk_writer(store: FeatureStore) -> Writer | None:
@@ -408,24 +409,20 @@ def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
                 replies = pipe.execute()
             for i, reply in zip(same, replies, strict=True):
                 keep[i] = not all(v is not None for v in reply)
-    # HSET key _ts:<view> ts field value ...: what pipe.hset(k, mapping=...) sends, the
-    # arguments laid out per entity in C (numpy) rather than value by value.
-    rows = [i for i, ok in enumerate(keep) if ok]
-    args = np.empty((len(rows), 2 + 2 * len(fields)), dtype=object)
-    args[:, 0] = ts_key
-    args[:, 1] = _object_column([stamps[i][0] for i in rows])
-    args[:, 2::2] = _object_column(fields)[None, :]
-    for j, column in enumerate(batch.values):
-        args[:, 3 + 2 * j] = column[rows] if len(rows) < len(keys) else column
-    kept = _object_column(keys)[rows] if len(rows) < len(keys) else _object_column(keys)
+    # HSET key _ts:<view> ts field value ...: what pipe.hset(k, mapping=...) sends.
+    rows = np.flatnonzero(keep)
+    whole = len(rows) == len(keys)
+    columns = [_object_column([stamps[i][0] for i in rows]), *(c if whole else c[rows] for c in batch.values)]
+    kept = _object_column(keys) if whole else _object_column(keys)[rows]
     if oc.key_ttl_seconds:
+        names = [ts_key, *fields]
         with client.pipeline(transaction=False) as pipe:
-            for k, row in zip(kept.tolist(), args.tolist(), strict=True):
-                pipe.execute_command("HSET", k, *row)
+            for k, *values in zip(kept.tolist(), *(c.tolist() for c in columns), strict=True):
+                pipe.execute_command("HSET", k, *(x for pair in zip(names, values, strict=True) for x in pair))
                 pipe.expire(name=k, time=oc.key_ttl_seconds)
             pipe.execute()
     else:
-        send_hsets(client, kept, args)
+        send_hsets(client, kept, [ts_key, *fields], columns)
 
 
 #: HSET commands per write to the socket (a few MB): the replies of one chunk are read
@@ -433,11 +430,12 @@ def _write_redis(store: FeatureStore, view: Any, batch: EncodedRows) -> None:
 HSET_CHUNK = 5_000
 
 
-def send_hsets(client: Any, keys: np.ndarray, args: np.ndarray) -> None:
-    """``HSET keys[i] *args[i]`` for every row, pipelined, on one of ``client``'s
-    connections: the same commands as a redis-py pipeline, but the RESP bytes are
-    laid out column by column (``_pack_hsets``) instead of command by command, which
-    is most of a pipeline's client-side time for wide hashes. Raises on an error reply."""
+def send_hsets(client: Any, keys: np.ndarray, fields: list[bytes], columns: list[np.ndarray]) -> None:
+    """``HSET keys[i] fields[0] columns[0][i] fields[1] columns[1][i] ...`` for every
+    row, pipelined on one of ``client``'s connections: the commands a redis-py pipeline
+    would send, with the RESP bytes laid out column by column (``_pack_hsets``) instead
+    of command by command, which is most of a pipeline's client-side time for wide
+    hashes. Raises on an error reply."""
     import redis
 
     pool = client.connection_pool
@@ -445,7 +443,7 @@ def send_hsets(client: Any, keys: np.ndarray, args: np.ndarray) -> None:
     try:
         for start in range(0, len(keys), HSET_CHUNK):
             stop = min(start + HSET_CHUNK, len(keys))
-            conn.send_packed_command([_pack_hsets(keys[start:stop], args[start:stop])])
+            conn.send_packed_command([_pack_hsets(keys[start:stop], fields, [c[start:stop] for c in columns])])
             errors = []
             for _ in range(stop - start):
                 try:
@@ -461,18 +459,20 @@ def send_hsets(client: Any, keys: np.ndarray, args: np.ndarray) -> None:
         pool.release(conn)
 
 
-def _pack_hsets(keys: np.ndarray, args: np.ndarray) -> bytes:
-    """The RESP request of ``HSET keys[i] *args[i]`` for each row (all bytes): per
-    argument ``$<len>\\r\\n<bytes>\\r\\n``; the length headers come from a table
-    indexed by a column's lengths, so no Python runs per value."""
-    n, width = args.shape
-    parts = np.empty((n, 2 * (width + 1) + 2), dtype=object)
-    parts[:, 0] = b"*%d\r\n$4\r\nHSET" % (width + 2)
-    # Each argument's header starts with the \r\n that ends the previous one.
-    for j, column in enumerate([keys, *args.T]):
+def _pack_hsets(keys: np.ndarray, fields: list[bytes], columns: list[np.ndarray]) -> bytes:
+    """The RESP request of ``HSET key field value ...`` per row (all bytes): each
+    argument is ``$<len>\\r\\n<bytes>\\r\\n``. A field name and the header of its
+    value make one piece, looked up in a table by the value's length, so a row is
+    two pieces per field and no Python runs per value."""
+    n = len(keys)
+    parts = np.empty((n, 4 + 2 * len(fields)), dtype=object)
+    parts[:, 0] = b"*%d\r\n$4\r\nHSET" % (2 + 2 * len(fields))
+    for j, (field, column) in enumerate([(b"", keys), *zip(fields, columns, strict=True)]):
+        # Each piece starts with the \r\n that ends the previous argument.
+        name = b"\r\n$%d\r\n%s" % (len(field), field) if j else b""
         lengths = np.fromiter(map(len, column), dtype=np.int64, count=n)
         top = int(lengths.max()) if n else 0
-        headers = np.array([b"\r\n$%d\r\n" % size for size in range(top + 1)], dtype=object)
+        headers = np.array([name + b"\r\n$%d\r\n" % size for size in range(top + 1)], dtype=object)
         parts[:, 1 + 2 * j] = headers[lengths]
         parts[:, 2 + 2 * j] = column
     parts[:, -1] = b"\r\n"
