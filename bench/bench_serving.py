@@ -9,16 +9,17 @@ guard, no model: what BentoML alone costs) — and the same client against both,
 interleaved in rounds so machine load hits both alike:
 
 * ``/churn_risk`` batch 1, features from the online store, explain false and
-  true (goals: p50 and p99 ≤ 2× echo; explain: p99 ≤ 3× echo);
-* batch 100 (goal: p99 ≤ 20 ms);
+  true (goals: p50 and p99 ≤ 1.8× echo; explain: p99 ≤ 3× echo);
+* batch 100 (goals: p99 ≤ 20 ms; explain: p99 ≤ 40 ms);
 * concurrency 32 for ``--seconds`` each (goal: 0 errors), rps and p99 against echo;
-* ``/customer_value`` batch 1, explain false and true (goal: p50 and p99 ≤ 2× echo, like
+* ``/customer_value`` batch 1, explain false and true (goal: p50 and p99 ≤ 1.8× echo, like
   churn), against the echo's route of the same schema. ``--value-only`` runs the batch-1
   rows of both endpoints and nothing else.
 
-``--redis`` repeats it with the Redis profile (Redis 127.0.0.1:6379, the Feast
-registry in a throw-away PostgreSQL database, a unique Feast project; all
-removed at the end). Load goes to 127.0.0.1 only, bounded in requests and time.
+``--redis`` repeats it with the Redis profile: a private ``redis-server`` on a free port
+(never the shared one's data) and the Feast SQL registry in a SQLite file of the
+workspace, both removed at the end. Load goes to 127.0.0.1 only, bounded in requests
+and time.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bentoml
 
@@ -49,6 +51,10 @@ from serving.schemas import ChurnRiskRequest, CustomerValueRequest
 log = logging.getLogger("bench.serving")
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+#: The goals (issue #16): batch 1 against the echo, batch 100 in milliseconds.
+BATCH1_RATIO = 1.8
+BATCH100_P99_MS = 20.0
+BATCH100_EXPLAIN_P99_MS = 40.0
 
 
 @bentoml.service(name="echo", traffic={"timeout": 30}, threads=4)
@@ -276,8 +282,8 @@ def scenarios(target: tuple[str, str], echo: str, ids: list[str], seconds: float
         for explain in (False, True):
             t, e = side_by_side(target, echo, batch(1, explain), rounds=5, per_round=300, path=path)
             p50, p99 = t.pct(50) / e.pct(50), t.pct(99) / e.pct(99)
-            goal = "p99 ≤ 3× echo" if explain else "p50 and p99 ≤ 2× echo"
-            met = p99 <= 3 if explain else (p50 <= 2 and p99 <= 2)
+            goal = "p99 ≤ 3× echo" if explain else f"p50 and p99 ≤ {BATCH1_RATIO}× echo"
+            met = p99 <= 3 if explain else (p50 <= BATCH1_RATIO and p99 <= BATCH1_RATIO)
             rows.append(Row(f"{label}: {path} batch 1, explain={str(explain).lower()}",
                             f"p50 {t.pct(50):.2f} ms / p99 {t.pct(99):.2f} ms vs echo {e.pct(50):.2f} / "
                             f"{e.pct(99):.2f} ms = **{p50:.2f}× / {p99:.2f}×** ({len(t.latencies_ms)} requests "
@@ -286,11 +292,11 @@ def scenarios(target: tuple[str, str], echo: str, ids: list[str], seconds: float
         return rows
     for explain in (False, True):
         t, e = side_by_side(target, echo, batch(100, explain), rounds=4, per_round=100)
+        limit = BATCH100_EXPLAIN_P99_MS if explain else BATCH100_P99_MS
         rows.append(Row(f"{label}: /churn_risk batch 100, explain={str(explain).lower()}",
                         f"p50 {t.pct(50):.1f} ms / **p99 {t.pct(99):.1f} ms** (echo {e.pct(50):.1f} / "
-                        f"{e.pct(99):.1f} ms; {len(t.latencies_ms)} requests)",
-                        "p99 ≤ 20 ms" if not explain else "(reported)",
-                        (t.pct(99) <= 20 and t.errors == 0) if not explain else None))
+                        f"{e.pct(99):.1f} ms; {len(t.latencies_ms)} requests, {t.errors} errors)",
+                        f"p99 ≤ {limit:g} ms", t.pct(99) <= limit and t.errors == 0))
     body = batch(1, False)
     url, key = target
     t = run_concurrent(url, key, body, 32, seconds, max_requests=200_000)
@@ -302,39 +308,111 @@ def scenarios(target: tuple[str, str], echo: str, ids: list[str], seconds: float
     return rows
 
 
+def stages(home: Path, ids: list[str], profile: str, extra: dict[str, str], repeats: int = 200) -> str:
+    """Where a ``/churn_risk`` call goes, in process: each stage timed around the function
+    the service calls, median over ``repeats`` calls per batch size (2 ms apart, as a
+    server sees them), for batch 1 and 100 with and without reasons."""
+    import statistics
+
+    from serving.auth import hash_key
+    from serving.predictor import Predictor, ServingSettings, _why_not
+    from serving.schemas import ChurnRiskRequest
+    from training.tasks import CHURN
+
+    os.environ.update({"CRMSCORE_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
+                       "CRMSCORE_AS_OF": "snapshot", "CRMSCORE_SERVE_MODELS": "churn", "CRMSCORE_PROFILE": profile,
+                       # Timings, not the deadline: a loaded machine must not turn a slow read into an error.
+                       "CRMSCORE_STORE_DEADLINE_SECONDS": "5", **extra})
+    predictor = Predictor(ServingSettings.from_env())
+    bundle = predictor.champions.get(CHURN.model_name).value  # type: ignore[union-attr]
+    scorer = bundle.scorer
+    lines = ["| stage | batch 1 | batch 100 |", "|---|---|---|"]
+    table: dict[str, dict[int, float]] = {}
+    for size in (1, 100):
+        times: dict[str, list[float]] = {}
+
+        def timed(name: str, call: Callable[[], object], times: dict[str, list[float]] = times) -> object:
+            started = time.perf_counter()
+            out = call()
+            times.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+            return out
+
+        for i in range(repeats):
+            start = (i * size) % max(1, len(ids) - size)
+            body = json.dumps({"customer_ids": ids[start:start + size], "explain": True}).encode()
+            timed("key check (SHA-256)", lambda: hash_key("crm_score_" + "x" * 43))
+            request: ChurnRiskRequest = timed("parse the body (guard + BentoML)", lambda body=body: [  # type: ignore[assignment]
+                ChurnRiskRequest.model_validate_json(body) for _ in range(2)][-1])
+            rows: Any = timed(f"online read ({profile}, via the store thread)",
+                              lambda request=request: predictor._read(bundle.reader, request.customer_ids))
+            timed("eligibility", lambda rows=rows: _why_not(CHURN, bundle, rows.values, rows.found))
+            x: Any = timed("encode", lambda rows=rows: scorer.encoder.matrix(rows.values, len(rows.ids)))
+            raw: Any = timed("predict", lambda x=x: scorer.predict(x))
+            timed("calibrate + score + band", lambda raw=raw: scorer.model.grading.assign(
+                scorer.model.calibrator.apply(raw)))
+            timed("reasons (explain: true)", lambda x=x, rows=rows: scorer.reasons(x, rows.values, 3))
+            for explain in (False, True):
+                answer: Any = timed(f"whole predictor, explain={str(explain).lower()}",
+                                    lambda request=request, explain=explain: predictor.churn_risk(
+                                        request.model_copy(update={"explain": explain})))
+                timed(f"response JSON, explain={str(explain).lower()}", lambda answer=answer: answer.model_dump_json())
+            time.sleep(0.002)
+        for name, values in times.items():
+            table.setdefault(name, {})[size] = statistics.median(values)
+    predictor.close()
+    lines += [f"| {name} | {v[1]:.2f} ms | {v[100]:.2f} ms |" for name, v in table.items()]
+    return "\n".join(lines)
+
+
 def serve_args(profile: str) -> list[str]:
     return [str(BIN / "crmscore"), "serve", "--port", "{port}", "--profile", profile, "--as-of", "snapshot",
             "--reload-seconds", "0"]
 
 
 @contextmanager
-def redis_profile(home: Path) -> Iterator[dict[str, str]]:
-    """Register the workspace in a throw-away PostgreSQL registry and materialize into Redis."""
-    import psycopg
+def private_redis(directory: Path) -> Iterator[str]:
+    """A throw-away ``redis-server`` on a free port of 127.0.0.1 (no persistence): its URL."""
     import redis
 
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(directory)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=port, socket_connect_timeout=0.5).ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the private redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def redis_profile(home: Path) -> Iterator[dict[str, str]]:
+    """Register the workspace in a throw-away SQL registry (a SQLite file) and materialize
+    into a private Redis; the server's environment for both."""
     from crmdata.workspace import Workspace
     from features.materialize import materialize_latest
-    from features.store import DEFAULT_REDIS_URL, apply_repository, feature_store
+    from features.store import apply_repository, feature_store
 
-    name = f"crmscore_bench_{uuid.uuid4().hex[:8]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    registry = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     ws = Workspace(home)
+    registry_file = home / f"bench_registry_{uuid.uuid4().hex[:8]}.db"
+    registry = f"sqlite:///{registry_file}"
     try:
-        store = feature_store(ws, "redis", project=name, registry_url=registry)
-        apply_repository(store, ws.feature_tables, "redis")
-        materialize_latest(store, ws.feature_tables)
-        yield {"CRMSCORE_REGISTRY_URL": registry, "CRMSCORE_FEAST_PROJECT": name}
+        with private_redis(home) as redis_url:
+            store = feature_store(ws, "redis", redis_url=redis_url, registry_url=registry)
+            apply_repository(store, ws.feature_tables, "redis")
+            materialize_latest(store, ws.feature_tables)
+            yield {"CRMSCORE_REGISTRY_URL": registry, "CRMSCORE_REDIS_URL": redis_url}
     finally:
-        client = redis.Redis.from_url(DEFAULT_REDIS_URL)
-        leftovers = [k for k in client.scan_iter(count=10_000) if k.endswith(name.encode())]
-        if leftovers:
-            client.delete(*leftovers)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        registry_file.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -346,6 +424,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the ## serving section of BENCHMARKS.md")
     parser.add_argument("--value-only", action="store_true",
                         help="only the batch-1 rows of /churn_risk and /customer_value (no batch 100, no load)")
+    parser.add_argument("--stages", action="store_true",
+                        help="only the in-process stage timings of /churn_risk (SQLite; with --redis, Redis too)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("feast", "mlflow", "alembic", "numba", "matplotlib", "urllib3", "httpx"):
@@ -368,6 +448,12 @@ def main() -> None:
     feats = pl.read_parquet(home / "features" / "customer.parquet", columns=["customer_id", "event_timestamp"])
     ids = feats.filter(pl.col("event_timestamp") == feats["event_timestamp"].max())["customer_id"].to_list()
     header = machine()
+    if args.stages:
+        print(f"In process, {header}:\n\n{stages(home, ids, 'local', {})}")
+        if args.redis:
+            with redis_profile(home) as extra:
+                print(f"\n{stages(home, ids, 'redis', extra)}")
+        return
     rows: list[Row] = []
     with server([str(BIN / "bentoml"), "serve", "bench.bench_serving:Echo", "--host", "127.0.0.1",
                  "--port", "{port}"], env, home / "echo.log") as echo:
@@ -385,8 +471,8 @@ def main() -> None:
             f"{' --value-only' if args.value_only else ' --write'}`), {header}. Both servers "
             "(1 worker each) and the client run on this machine; the echo is a bare BentoML service with the "
             "same request schema (no key check, no model), measured in the same run, interleaved in rounds.\n\n"
-            + table + "\n\nWhere the time goes per stage, and what was tried for batch 100: docs/serving.md, "
-            "section Performance.")
+            + table + f"\n\nLoad average at the end: {os.getloadavg()[0]:.1f}. Where the time goes per stage "
+            "(`--stages`), and what was tried: docs/serving.md, section Performance.")
     print(body)
     if args.write and not args.value_only:
         write_section("serving", body)
