@@ -1,8 +1,8 @@
 """The feature pipeline: raw lake tables -> point-in-time feature tables.
 
 ``build_features`` runs one query per feature table (``features/sql.py``) over the lake
-at the given snapshot dates, on DuckDB or, transpiled, on Spark (``features/spark.py``) (``features/grid.py`` chooses them by default),
-types each result from the catalogue and writes the tables atomically: a rerun
+at the given snapshot dates (``features/grid.py`` chooses them by default), on DuckDB or,
+transpiled, on Spark (``features/spark.py``), types each result from the catalogue and writes the tables atomically: a rerun
 replaces the directory, never appends. Outputs: ``customer.parquet``,
 ``lead.parquet``, ``product.parquet``, ``customer_value.parquet`` and ``_build.json``
 (``BuildSummary``: what was built, and which features the lake could not support and
@@ -269,9 +269,9 @@ def _compute(
                     "left out; transactional churn and next-best-product cannot be trained")
 
     if engine == "spark":
-        from features.spark import SparkSqlContext, spark_session
+        from features.spark import DEFAULT_MASTER, SparkSqlContext, spark_session
 
-        spark = spark_session(spark_master, app_name="crmscore-features")
+        spark = spark_session(spark_master, app_name="crmscore-features", fallback=DEFAULT_MASTER)
         log.info("features on Spark %s (master %s)", spark.version, spark.sparkContext.master)
         ctx: SqlContext = SparkSqlContext.open_spark(spark, lake, present, manifest.custom_attributes, snapshots)
     elif engine == "duckdb":

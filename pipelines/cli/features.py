@@ -51,24 +51,43 @@ def build(
     out: Annotated[
         Path | None, typer.Option(help="Feature-table directory (default: HOME/features).")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(help="duckdb (in process) or spark (the same SQL, transpiled; needs pyspark and Java)."),
+    ] = "duckdb",
+    spark_master: Annotated[
+        str | None,
+        typer.Option(help="Spark master URL for --engine spark (default: $CRMSCORE_SPARK_MASTER, "
+                          "the cluster's under spark-submit, else local[2])."),
+    ] = None,
 ) -> None:
     """Turn the lake's raw tables into feature tables keyed by entity + event_timestamp."""
-    from features.build import add_snapshots, build_features
+    from features.build import ENGINES, add_snapshots, build_features
     from features.grid import parse_dates, parse_every, snapshot_grid
 
+    if engine not in ENGINES:
+        raise CrmscoreError(f"--engine {engine}: one of {', '.join(ENGINES)}")
+    if spark_master and engine != "spark":
+        raise CrmscoreError("--spark-master goes with --engine spark")
+    if engine == "spark":
+        from features.spark import require_pyspark
+
+        require_pyspark()  # before any work: a missing pyspark or Java is one clear line
     ws = workspace()
     source = lake or ws.lake
     if add:
         if as_of:
             raise CrmscoreError("give --add (keep the snapshots, add these) or --as-of (replace them), not both")
-        summary = add_snapshots(source, out or ws.feature_tables, parse_dates(add))
+        summary = add_snapshots(source, out or ws.feature_tables, parse_dates(add), engine=engine,  # type: ignore[arg-type]
+                                spark_master=spark_master)
         console.print(summary.render(), highlight=False)
         return
     if as_of:
         dates = parse_dates(as_of)
     else:
         dates = snapshot_grid(source, every=parse_every(every), periods=periods)
-    summary = build_features(source, out or ws.feature_tables, dates)
+    summary = build_features(source, out or ws.feature_tables, dates, engine=engine,  # type: ignore[arg-type]
+                             spark_master=spark_master)
     console.print(summary.render(), highlight=False)
 
 
