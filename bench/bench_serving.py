@@ -12,8 +12,8 @@ interleaved in rounds so machine load hits both alike:
   true (goals: p50 and p99 ≤ 1.8× echo; explain: p99 ≤ 3× echo);
 * batch 100 (goals: p99 ≤ 20 ms; explain: p99 ≤ 40 ms);
 * concurrency 32 for ``--seconds`` each (goal: 0 errors), rps and p99 against echo;
-* ``/customer_value`` batch 1, explain false and true (goal: p50 and p99 ≤ 1.8× echo, like
-  churn), against the echo's route of the same schema. ``--value-only`` runs the batch-1
+* ``/customer_value`` batch 1, explain false and true (its goal: p50 and p99 ≤ 2× echo;
+  explain: p99 ≤ 3× echo), against the echo's route of the same schema. ``--value-only`` runs the batch-1
   rows of both endpoints and nothing else.
 
 ``--redis`` repeats it with the Redis profile: a private ``redis-server`` on a free port
@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 #: The goals (issue #16): batch 1 against the echo, batch 100 in milliseconds.
 BATCH1_RATIO = 1.8
+VALUE_BATCH1_RATIO = 2.0  # customer value's own goal (issue #16 set churn's)
 BATCH100_P99_MS = 20.0
 BATCH100_EXPLAIN_P99_MS = 40.0
 
@@ -282,8 +283,9 @@ def scenarios(target: tuple[str, str], echo: str, ids: list[str], seconds: float
         for explain in (False, True):
             t, e = side_by_side(target, echo, batch(1, explain), rounds=5, per_round=300, path=path)
             p50, p99 = t.pct(50) / e.pct(50), t.pct(99) / e.pct(99)
-            goal = "p99 ≤ 3× echo" if explain else f"p50 and p99 ≤ {BATCH1_RATIO}× echo"
-            met = p99 <= 3 if explain else (p50 <= BATCH1_RATIO and p99 <= BATCH1_RATIO)
+            ratio = BATCH1_RATIO if path == "/churn_risk" else VALUE_BATCH1_RATIO
+            goal = "p99 ≤ 3× echo" if explain else f"p50 and p99 ≤ {ratio:g}× echo"
+            met = p99 <= 3 if explain else (p50 <= ratio and p99 <= ratio)
             rows.append(Row(f"{label}: {path} batch 1, explain={str(explain).lower()}",
                             f"p50 {t.pct(50):.2f} ms / p99 {t.pct(99):.2f} ms vs echo {e.pct(50):.2f} / "
                             f"{e.pct(99):.2f} ms = **{p50:.2f}× / {p99:.2f}×** ({len(t.latencies_ms)} requests "

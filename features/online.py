@@ -8,14 +8,15 @@ counts as stale.
 
 Two read paths return the same values:
 
-* ``fast=True`` (default): per view of the service, the read Feast's online
-  store makes in ``online_read`` (SQLite: one ``SELECT ... WHERE entity_key IN``
-  on the view's table; Redis: one pipelined ``HMGET`` per entity of the hash
-  fields Feast writes), without the Python around it: serialized entity keys and
-  hash-field names are computed once and cached, each distinct stored value
-  (ValueProto bytes) is parsed once and its Python value reused, timestamps are
-  converted once per distinct value. Other online stores go through the
-  provider's ``online_read``;
+* ``fast=True`` (default): per view of the service, the rows Feast's online
+  store reads in ``online_read`` (SQLite: the view table's rows of the requested
+  entity keys, grouped by SQLite into one row per entity from the ``value_text``
+  Feast writes beside each value, the ValueProto blobs only where that text cannot
+  give the value; Redis: one pipelined ``HMGET`` per entity of the hash fields
+  Feast writes), without the Python around it: serialized entity keys and
+  hash-field names are computed once and cached, each distinct stored value is
+  turned into its Python value once and reused, timestamps are converted once per
+  distinct value. Other online stores go through the provider's ``online_read``;
 * ``fast=False``: ``FeatureStore.get_online_features`` (the SDK), for comparison
   and for stores the fast path has not been checked against.
 
