@@ -9,8 +9,8 @@ the candidates of ``training/explain.py``, on the churn and clv champions of a s
 * Rows: the real feature rows of each model's population at the newest snapshot, encoded as
   scoring encodes them, drawn with replacement up to ``--rows``.
 * Side by side, interleaved per repeat (the machine is shared; its load drifts), one thread:
-  bare predict, ``pred_contrib`` and the direct formula (no tables) on the first ``--subset``
-  rows (they cost ~100× a predict), the table kernel at table depths 8 and 10 on all rows;
+  bare predict and the chosen explainer on all rows, ``pred_contrib``, the direct formula (no
+  tables) and tables to depth 8 on the first ``--subset`` rows (they cost more); wall and CPU time;
   then both threads of the machine for predict and the chosen explainer. Medians of
   ``--repeat``; ratios are per row against the bare predict of the same repeat.
 * Max |diff| against ``pred_contrib`` over the subset (tests/test_explain.py checks every row of
@@ -95,10 +95,12 @@ def feature_rows(ws: Any, task: str, spec: Any, encoder: Any, rows: int) -> np.n
     return real[np.random.default_rng(7).integers(0, len(real), rows)]
 
 
-def timed(fn: Any) -> float:
-    started = time.perf_counter()
+def timed(fn: Any) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``fn()``: CPU time (this process's) counts the work done, not the waits
+    for a core that other jobs of a shared machine cause."""
+    started, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def compile_seconds() -> tuple[tuple[float, float], tuple[float, float]]:
@@ -130,23 +132,24 @@ def bench_model(name: str, booster: Any, x: np.ndarray, subset: int, repeat: int
         precompute[label] = time.perf_counter() - started
     small = x[:subset]
     samples: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
 
-    def add(label: str, seconds: float, rows: int) -> None:
-        samples.setdefault(label, []).append(seconds / rows * 1e6)  # µs a row
+    def add(label: str, seconds: tuple[float, float], rows: int) -> None:
+        samples.setdefault(label, []).append(seconds[0] / rows * 1e6)  # µs a row
+        cpu.setdefault(label, []).append(seconds[1] / rows * 1e6)
 
+    out: dict[str, np.ndarray] = {}
     for _ in range(repeat):
         add("bare predict", timed(lambda: booster.predict(x, num_threads=1)), len(x))
-        started = time.perf_counter()
-        theirs = booster.predict(small, pred_contrib=True, num_threads=1)
-        add("LightGBM pred_contrib", time.perf_counter() - started, subset)
-        add("direct formula, no tables",
-            timed(lambda: builds["direct formula, no tables"].contributions(small)), subset)
-        for label in ("tables to depth 8", label_chosen):
-            add(label, timed(lambda label=label: builds[label].contributions(x)), len(x))
+        add("LightGBM pred_contrib",
+            timed(lambda: out.update(theirs=booster.predict(small, pred_contrib=True, num_threads=1))), subset)
+        for label in ("direct formula, no tables", "tables to depth 8"):
+            add(label, timed(lambda label=label: builds[label].contributions(small)), subset)
+        add(label_chosen, timed(lambda: builds[label_chosen].contributions(x)), len(x))
         add(f"bare predict, {threads} threads", timed(lambda: booster.predict(x, num_threads=threads)), len(x))
         add(f"chosen, {threads} threads", timed(lambda: builds[label_chosen].contributions(x, threads=threads)),
             len(x))
-    diff = {label: float(np.abs(e.contributions(small) - theirs).max()) for label, e in builds.items()}
+    diff = {label: float(np.abs(e.contributions(small) - out["theirs"]).max()) for label, e in builds.items()}
     per_row = {label: median(v) for label, v in samples.items()}
     bare = {label: median(samples["bare predict"]) for label in samples}
     for label in samples:
@@ -155,7 +158,7 @@ def bench_model(name: str, booster: Any, x: np.ndarray, subset: int, repeat: int
     log.info("%s: %s", name, {k: round(v, 2) for k, v in per_row.items()})
     return {"name": name, "chosen": label_chosen, "trees": booster.num_trees(), "features": booster.num_feature(),
             "rows": len(x),
-            "subset": subset, "per_row": per_row, "bare": bare, "samples": samples, "diff": diff,
+            "subset": subset, "per_row": per_row, "bare": bare, "samples": samples, "cpu": cpu, "diff": diff,
             "precompute": precompute, "first_build": first_build,
             "memory": {label: (e.table_bytes, e.nbytes) for label, e in builds.items()},
             "budget": MAX_TABLE_BYTES, "threads": threads}
@@ -179,15 +182,21 @@ def end_to_end(ws: Any) -> list[str]:
 
 
 def table(result: dict[str, Any]) -> list[str]:
-    lines = ["| method | rows timed | µs a row (median) | runs (µs a row) | × bare predict | max abs diff vs pred_contrib (subset rows) |",
-             "|---|---|---|---|---|---|"]
+    lines = [("| method | rows timed | µs a row (median) | runs (µs a row) | × bare predict | CPU µs a row (median) "
+             "| × bare predict, CPU | max abs diff vs pred_contrib (subset rows) |"),
+             "|---|---|---|---|---|---|---|---|"]
+    cpu_bare = median(result["cpu"]["bare predict"])
     for label, us in result["per_row"].items():
-        rows = result["subset"] if label in ("LightGBM pred_contrib", "direct formula, no tables") else result["rows"]
+        rows = result["subset"] if label in ("LightGBM pred_contrib", "direct formula, no tables",
+                                             "tables to depth 8") else result["rows"]
+        cpu = median(result["cpu"][label])
+        # CPU time of a 2-thread call adds both threads' time: not comparable per row, so not shown.
+        cpu_cells = "– | –" if "threads" in label else f"{cpu:.2f} | {cpu / cpu_bare:.1f}×"
         diff = result["diff"].get(label)
         if label.startswith("chosen,"):
             diff = result["diff"][result["chosen"]]
         runs = ", ".join(f"{s:.2f}" for s in result["samples"][label])
-        lines.append(f"| {label} | {rows:,} | {us:.2f} | {runs} | {us / result['bare'][label]:.1f}× | "
+        lines.append(f"| {label} | {rows:,} | {us:.2f} | {runs} | {us / result['bare'][label]:.1f}× | {cpu_cells} | "
                      f"{'–' if diff is None else f'{diff:.1e}'} |")
     return lines
 
