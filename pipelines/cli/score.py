@@ -119,7 +119,7 @@ def score_command(
     engine: Annotated[EngineName, typer.Option(help="local (in-process, threads) or spark.")] = EngineName.local,
     reasons: Annotated[ReasonsChoice, typer.Option(
         help="Top reasons for all rows, for the top grades only (churn high/medium, leads and "
-             "customer-value tiers A/B), or none. Reasons cost ~100x a prediction.")] = ReasonsChoice.all,
+             "customer-value tiers A/B), or none. Reasons cost ~6-10x a prediction.")] = ReasonsChoice.all,
     push: Annotated[bool, typer.Option("--push", help="Also push the scores into the Feast online store.")] = False,
     to_postgres: PostgresOption = None,
     pg_schema: SchemaOption = "crmscore",

@@ -33,7 +33,7 @@ class ScoreOptions(BaseModel):
 
     engine: Engine = "local"
     reasons: ReasonsMode = Field("all", description="top reasons for all rows, the top grades only, or none "
-                                                   "(TreeSHAP: ~100-200x the cost of a predict)")
+                                                   "(exact TreeSHAP: ~6-10x the cost of a predict)")
     chunk_rows: int = Field(100_000, ge=1, description="rows per chunk (and per part file)")
     threads: int | None = Field(None, ge=1, description="worker threads (default: all cores)")
     drift: bool = Field(True, description="compare with the champion's holdout and log to MLflow")

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from crmdata.errors import CrmscoreError
+from training.booster_predict import BoosterPredict
 from training.encoding import Encoder
 from training.explain import explainer_for
 from training.model import Reason, _plain, reason_lists
@@ -72,7 +73,13 @@ class ValueModel:
     def encoder(self) -> Encoder:
         return Encoder.of(self.spec.model)
 
+    @cached_property
+    def _predict(self) -> dict[str, BoosterPredict]:
+        return {role: BoosterPredict(booster) for role, booster in self.boosters.items()}
+
     def _raw(self, role: str, x: np.ndarray, **kwargs: Any) -> np.ndarray:
+        if not kwargs:  # the objective's output with Booster.predict's defaults: the C call alone
+            return self._predict[role](x)
         return np.asarray(self.boosters[role].predict(x, num_threads=1, **kwargs), dtype=float)
 
     def mean(self, x: np.ndarray) -> np.ndarray:
