@@ -190,11 +190,10 @@ Stage shares (thread-seconds; read and finish are wall):
 - `--reasons top`: {stage_line(top)}
 - `--reasons all` ({sub.height:,} rows): {stage_line(full)}
 
-Reasons are exact TreeSHAP (`pred_contrib`, what the service returns); its cost grows with
-trees × leaves × depth². Here it is
-~{(full.seconds - full_sub_none.seconds) / max(sub.height, 1) * 1e3 * threads:.1f} ms per row per core against
-~{bare_s / args.rows * 1e6 * threads:.1f} µs for a prediction: two to three orders of magnitude, not the ~10× one
-might expect. So the 2× goal can only be met without reasons. `--reasons top` explains only the rows someone acts
+Reasons are exact TreeSHAP (`training/explain.py`, equal to `pred_contrib`, what the service returns). Here
+they cost ~{(full.seconds - full_sub_none.seconds) / max(sub.height, 1) * 1e3 * threads:.2f} ms per row per core
+against ~{bare_s / args.rows * 1e6 * threads:.1f} µs for a prediction (the "reasons" section compares the
+algorithms). So the 2× goal can only be met without reasons. `--reasons top` explains only the rows someone acts
 on (churn high + medium, lead A + B: 30% of the validation rows by construction, {top_share:.0%} here); `all`
 stays the default because at the demo's size it costs seconds (see "pipeline").
 
