@@ -11,11 +11,13 @@ ValueProto per cell, then the SQLite store upserts row by row and the Redis stor
 serializes every proto and hashes every field name once per entity. The bulk path
 reads the window Feast would read, keeps the newest row per entity (Feast's
 ``pull_latest_from_table_or_query``), encodes the rows with ``features.codec``
-(Feast's converters once per distinct value, Feast's entity-key serialization)
-and hands large batches to the store's own connection: SQLite ``executemany`` of
-Feast's upsert statement; Redis pipelined ``HSET`` after Feast's
-newest-event-timestamp-wins check (pipelined ``HMGET`` of ``_ts:<view>``, skipped
-exactly when Feast skips it: ``skip_dedup``).
+(doubles and string keys laid out directly, other values through Feast's
+converters once per distinct value) and hands large batches to the store's own
+connection: SQLite, Feast's upsert as multi-row statements in primary-key order;
+Redis, ``HSET``s packed column by column after Feast's newest-event-time-wins
+check (the stored ``_ts:<view>`` read by a script call per 5,000 keys, skipped
+exactly when Feast skips it: ``skip_dedup``). ``write_online`` writes a pushed
+table (scores) the same way.
 """
 
 from __future__ import annotations
