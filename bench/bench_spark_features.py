@@ -125,7 +125,9 @@ def main() -> None:
     spark.stop()
 
     def cell(engine: str, table: str | None, warm: bool = False) -> str:
-        chosen = runs[engine][1:] if warm and len(runs[engine]) > 1 else runs[engine]
+        if warm and len(runs[engine]) < 2:
+            return "—"  # one run: no warm run to show
+        chosen = runs[engine][1:] if warm else runs[engine]
         values = [r[0] if table is None else r[1].get(table, 0.0) for r in chosen]
         return f"{median(values):.1f}"
 
