@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_features import private_redis
 from bench.common import machine, write_section
+from crmdata.workspace import MLFLOW_ENV
 
 log = logging.getLogger("bench_million")
 
@@ -86,7 +87,8 @@ def run_size(customers: int, work: Path, reuse: bool) -> list[Run]:
 
 def _measure(customers: int, work: Path) -> list[Run]:
     home = work / f"home-{customers}"
-    env = {**os.environ, "CRMSCORE_HOME": str(home)}
+    # Its own MLflow store: sizes must not gate against (or serve) each other's models.
+    env = {**os.environ, "CRMSCORE_HOME": str(home), MLFLOW_ENV: f"sqlite:///{home / 'mlflow.db'}"}
     log.info("%d customers: pipeline run (embedded profile) …", customers)
     started_on = machine()
     wall, cpu, peak, out = _child([str(CRMSCORE), "pipeline", "run", "--world", str(customers), "--force", "--json"],
