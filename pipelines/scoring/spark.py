@@ -23,8 +23,6 @@ configured, and only ``local[*]`` when there is none.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +32,8 @@ import numpy as np
 import polars as pl
 import pyarrow.dataset as ds
 
-from crmdata.errors import CrmscoreError
+# The session helper lives on the lowest floor that needs it (the feature build uses it too).
+from features.spark import spark_session as _shared_session
 from pipelines.scoring.inputs import ServiceRead, ViewRead
 from pipelines.scoring.predict import BinaryPredictor
 from pipelines.scoring.table import StageSeconds, grade_counts
@@ -45,56 +44,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MASTER_ENV = "CRMSCORE_SPARK_MASTER"
-#: Rows Spark hands mapInArrow per batch (the predictor's chunk).
-ARROW_BATCH_ROWS = 50_000
 #: The drift report under Spark compares a uniform sample of at most this many rows.
 DRIFT_SAMPLE_ROWS = 200_000
 
 
-# pyspark is an optional extra (crmscore[spark]) and brings a JVM: it is imported
-# inside the functions that need it, so the job can import this module without it.
-
-
-def require_pyspark() -> None:
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        raise CrmscoreError("--engine spark needs pyspark: pip install 'crmscore[spark]' (and Java 17+)") from None
-
-
 def spark_session(master: str | None = None, app_name: str = "crmscore-score") -> SparkSession:
-    """The active session, else a new one: ``master`` (or $CRMSCORE_SPARK_MASTER, or the
-    cluster's own ``spark.master`` under spark-submit), else ``local[*]``."""
-    require_pyspark()
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None and master is None:
-        return active
-    # Executors must run this interpreter (with lightgbm, pyarrow, crmscore), not
-    # whatever `python3` is first on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app_name)
-    chosen = master or os.environ.get(MASTER_ENV)
-    if chosen:
-        builder = builder.master(chosen)
-    elif not os.environ.get("SPARK_HOME") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
-        builder = builder.master("local[*]")
-    builder = (
-        builder.config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
-        # Parquet timestamps as Arrow/pandas/Feast read them (not legacy INT96).
-        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")  # the CLI has its own progress bar
-        .config("spark.sql.shuffle.partitions", str(max(2, (os.cpu_count() or 2) * 2)))
-    )
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
+    """The shared session helper (``features.spark``): ``master``, $CRMSCORE_SPARK_MASTER,
+    the cluster's under spark-submit, else ``local[*]``."""
+    return _shared_session(master, app_name=app_name)
 
 
 def features_as_of(spark: SparkSession, plan: ServiceRead, population: DataFrame, as_of: datetime) -> DataFrame:
