@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,12 +121,14 @@ class OnlineResult:
         return out
 
 
-_PLANS: dict[tuple[int, str], _ServicePlan] = {}
+#: Plans per store object, weakly: keyed by ``id(store)`` a new store could inherit a
+#: collected one's plan (CPython reuses ids), and read another workspace's online store.
+_PLANS: weakref.WeakKeyDictionary[FeatureStore, dict[str, _ServicePlan]] = weakref.WeakKeyDictionary()
 
 
 def _plan(store: FeatureStore, service_name: str) -> _ServicePlan:
-    key = (id(store), service_name)
-    cached = _PLANS.get(key)
+    plans = _PLANS.setdefault(store, {})
+    cached = plans.get(service_name)
     if cached is not None and time.monotonic() - cached.created < PLAN_TTL_SECONDS:
         return cached
     from feast.errors import FeatureServiceNotFoundException
@@ -157,7 +160,7 @@ def _plan(store: FeatureStore, service_name: str) -> _ServicePlan:
     plan = _ServicePlan(
         service=service_name, views=tuple(views), join_keys=tuple(join_keys), created=time.monotonic()
     )
-    _PLANS[key] = plan
+    plans[service_name] = plan
     return plan
 
 
