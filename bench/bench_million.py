@@ -117,8 +117,9 @@ def render(runs: list[Run], started_on: str) -> str:
         "apply/materialize/score all/push scores again with `--profile redis` (private redis-server, SQLite registry)."),
         ("How: `.venv/bin/python bench/bench_million.py`; one child process per run, wall time from outside, CPU and "
         "peak RSS from `os.wait4`; per-step seconds and peak RSS (so far) from the run's own `--json` records."),
-        f"Machine: {started_on}; each size's run started at: "
-        + "; ".join(f"{n:,}: {local[n].machine.split(', ', 3)[-1] or 'this run'}" for n in sizes) + ".",
+        f"Machine: {', '.join(started_on.split(', ', 3)[:3])}. Each size's run "
+        "started at: " + "; ".join(f"{n:,}: {local[n].machine.split(', ', 3)[-1]}" for n in sizes)
+        + ". Other jobs shared the machine when the load is high: wall time then exceeds the work (CPU s).",
         "",
         "| customers | wall | CPU s | peak RSS | goal (1M) | met |",
         "|---:|---:|---:|---:|---|---|",
