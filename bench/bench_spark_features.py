@@ -26,6 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
+from bench.bench_features import world
 from bench.common import machine, median, write_section
 
 log = logging.getLogger("bench_spark_features")
@@ -46,16 +47,6 @@ class TableSeconds(logging.Handler):
         match = self.pattern.match(record.getMessage())
         if match:
             self.seconds[match[1]] = self.seconds.get(match[1], 0.0) + float(match[2])
-
-
-def world(workdir: Path, customers: int) -> Path:
-    lake = workdir / f"lake{customers}"
-    if not (lake / "_lake.json").exists():
-        from crmdata.synth import WorldConfig, generate_world
-
-        log.info("generating a %d-customer world", customers)
-        generate_world(WorldConfig(customers=customers, leads=customers // 5, products=200, seed=1), lake)
-    return lake
 
 
 def timed_build(lake: Path, out: Path, grid: list, engine: str, master: str) -> tuple[float, dict[str, float], str]:
