@@ -20,11 +20,14 @@ import argparse
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_features import world
 from bench.common import machine, median, write_section
