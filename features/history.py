@@ -40,6 +40,7 @@ from crmdata.contract import (
     SUBSCRIPTIONS,
 )
 from crmdata.lake import MANIFEST, table_path
+from features.catalog import JOIN_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ HISTORY_ENTITIES = 50_000
 FULL_SNAPSHOTS = 2
 
 #: Entity kind -> the table that lists them and its id column.
-_ENTITY_TABLES = {"customer": (CUSTOMERS.name, "customer_id"), "lead": (LEADS.name, "lead_id")}
+_ENTITY_TABLES = {"customer": (CUSTOMERS.name, JOIN_KEYS["customer"]), "lead": (LEADS.name, JOIN_KEYS["lead"])}
 #: Lake table -> the entity kind whose sample filters it (products: never filtered).
 _FILTERED_BY = {
     CUSTOMERS.name: "customer", ORDERS.name: "customer", SUBSCRIPTIONS.name: "customer",
