@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, median, write_section
+from bench.common import machine, median, use_home, write_section
 
 log = logging.getLogger("bench_reasons")
 
@@ -51,15 +51,6 @@ imported = time.perf_counter()
 training.explain.TreeExplainer.of(booster)
 print(imported - started, time.perf_counter() - imported)
 """
-
-
-def use_home(home: Path) -> Any:
-    from crmdata.workspace import Workspace
-
-    (home / "mlflow").mkdir(parents=True, exist_ok=True)
-    os.environ["CRMSCORE_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow/mlflow.db"
-    return Workspace(home)
 
 
 def trained_world(home: Path) -> Any:

@@ -37,17 +37,11 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, median, write_section
+from bench.common import machine, median, use_home, write_section
 from crmdata.workspace import Workspace
 from training.tasks import CHURN
 
 log = logging.getLogger("bench_score")
-
-
-def use_home(home: Path) -> Workspace:
-    os.environ["CRMSCORE_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow/mlflow.db"
-    return Workspace(home)
 
 
 def trained_world(home: Path) -> Workspace:

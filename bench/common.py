@@ -8,6 +8,7 @@ import re
 import statistics
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -45,3 +46,14 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text.rstrip("\n") + "\n")
     os.replace(tmp, path)
+
+
+def use_home(home: Path) -> Any:
+    """A workspace at ``home`` with its own MLflow store, set in the environment for what
+    the benchmark runs next (library calls and child processes alike)."""
+    from crmdata.workspace import Workspace
+
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    os.environ["CRMSCORE_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow/mlflow.db"
+    return Workspace(home)
